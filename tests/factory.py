@@ -1,0 +1,93 @@
+"""Tiny random checkpoints per architecture, built offline with transformers, plus a real BPE tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<bos>", "<eos>", "<pad>"]
+VOCAB = 512
+CORPUS = [
+    "yes no Yes No 0 1 yes no yes no Yes No true false",
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query",
+    "<Query>: what is the capital of France? <Document>: The capital of France is Paris.",
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided.",
+    'Note that the answer can only be "yes" or "no". system user assistant <think> </think>',
+    "A: B: Given a query A and a passage B, determine whether the passage contains an answer",
+    "query: document: Relevance: instruction: You are a search relevance expert",
+]
+
+
+def build_tokenizer(folder: Path) -> None:
+    """A byte-level BPE tokenizer in which yes/no/Yes/ yes are single tokens and yes! is not."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB - 64, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    lines = CORPUS * 50 + ["yes", "no", "Yes", "No"] * 200 + [" yes", " no"] * 200
+    tok.train_from_iterator(lines, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
+    )
+    fast.save_pretrained(str(folder))
+
+
+ARCHS = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"final_logit_softcapping": None}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"final_logit_softcapping": None}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+}
+
+
+def tiny_config(arch: str, tied: bool):
+    import transformers
+
+    config_name, _, extra = ARCHS[arch]
+    kwargs = dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, tie_word_embeddings=tied,
+        bos_token_id=3, eos_token_id=2, pad_token_id=0,
+    )
+    kwargs.update(extra)
+    return getattr(transformers, config_name)(**kwargs)
+
+
+def build_model(folder: Path, arch: str, tied: bool = False, dtype: torch.dtype = torch.float32, shard: str | None = None, seed: int = 0) -> Path:
+    """Save a random tiny CausalLM (and tokenizer) to ``folder``; returns it."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = tiny_config(arch, tied)
+    model = getattr(transformers, ARCHS[arch][1])(config).to(dtype).eval()
+    with torch.no_grad():  # random init is small; widen it so logits differ clearly between tokens
+        for param in model.parameters():
+            param.normal_(0, 0.2)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), max_shard_size=shard or "50GB")
+    build_tokenizer(folder)
+    return folder
+
+
+def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(path)))
+    return out
+
+
+def config_of(folder: Path) -> dict:
+    return json.loads((Path(folder) / "config.json").read_text())
