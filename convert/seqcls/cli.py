@@ -154,6 +154,31 @@ def convert(
     out.print(f"[green]Converted[/green] {source} -> {result.output} in {result.seconds:.1f} s")
 
 
+@app.command()
+def verify(
+    folder: Annotated[Path, typer.Argument(help="A folder written by seqcls convert.")],
+    source: Annotated[Optional[str], typer.Option("--source", help="The original model (default: the source recorded in the folder).")] = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Extra pairs: JSONL with query and document fields.")] = None,
+    atol: Annotated[Optional[float], typer.Option("--atol", help="fp32 tolerance (default: the recipe's, 1e-4).")] = None,
+    device: Device = "auto",
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file ('-' for stdout).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Check a converted folder against its source causal LM; exit 0 pass, 1 fail."""
+    from .parity import parity_table, verify_folder
+
+    report = verify_folder(folder, source, pairs, atol=atol, device=device)
+    if json_file is not None:
+        if str(json_file) == "-":
+            _print_json(report.to_dict())
+        else:
+            json_file.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    if not quiet and str(json_file) != "-":
+        out.print(parity_table(report))
+    if not report.passed:
+        raise CheckFailed(report.failure_message())
+
+
 @recipes_app.command("list")
 def recipes_list(json_out: JsonOut = False) -> None:
     """List the built-in recipes."""

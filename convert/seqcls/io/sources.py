@@ -110,15 +110,22 @@ def materialize_gguf(path: Path) -> Path:
         with atomic_folder(target, overwrite=True) as tmp:
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            model.config.quantization_config = None
-            if hasattr(model.config, "_name_or_path"):
-                model.config._name_or_path = path.name
-            model.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            config = json.loads((tmp / CONFIG_NAME).read_text())
-            config.pop("quantization_config", None)
+            # transformers refuses save_pretrained on a GGUF-loaded model, so write the dequantised
+            # tensors and the config ourselves (a tied head is stored once, as the embedding).
+            from safetensors.torch import save_file
+
+            state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+            if getattr(model.config, "tie_word_embeddings", False):
+                state.pop("lm_head.weight", None)
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            config = model.config.to_dict()
+            for key in ("quantization_config", "_name_or_path", "transformers_version"):
+                config.pop(key, None)
+            config["architectures"] = [type(model).__name__]
+            config["dtype"] = "float32"
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            (tmp / "generation_config.json").unlink(missing_ok=True)
+            tokenizer.save_pretrained(str(tmp))
+            del model, state
     except UsageError:
         raise
     except Exception as exc:  # transformers raises many types for unsupported GGUF architectures
