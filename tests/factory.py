@@ -91,3 +91,18 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def config_of(folder: Path) -> dict:
     return json.loads((Path(folder) / "config.json").read_text())
+
+
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli(capsys, *args: str) -> CliResult:
+    """Run the seqcls CLI in-process (no interpreter start-up), capturing its output."""
+    from seqcls.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)

@@ -121,8 +121,15 @@ def convert(
     """Convert a causal-LM reranker into a *ForSequenceClassification checkpoint."""
     from . import pipeline
 
+    if push_to and not dry_run:
+        from .publish import require_online, require_token
+
+        if no_verify:
+            raise UsageError("--push-to publishes only verified folders; drop --no-verify (or convert, verify and `seqcls push --force` yourself).")
+        require_token()
+        require_online()
+    plan = pipeline.plan(source, output, recipe, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, revision=revision, allow_pickle=allow_pickle)
     if dry_run:
-        plan = pipeline.plan(source, output, recipe, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, revision=revision, allow_pickle=allow_pickle)
         summary = plan.to_dict()
         summary["dry_run"] = True
         if json_out:
@@ -132,15 +139,17 @@ def convert(
             out.print("Dry run: nothing was written.")
         return
     with _progress(not quiet and not json_out) as progress:
-        result = pipeline.convert(
-            source, output, recipe, dtype=dtype, max_shard_size=max_shard_size, device=device, verify=not no_verify,
-            overwrite=overwrite, revision=revision, allow_pickle=allow_pickle, progress=progress,
-        )
+        result = pipeline.execute(plan, device=device, verify=not no_verify, overwrite=overwrite, progress=progress)
     summary = result.to_dict()
+    pushed = None
     if push_to:
-        from .publish import push
+        from .publish import push as push_folder
 
-        summary["push"] = push(result.output, push_to, private=private, force=False).to_dict()
+        try:
+            pushed = push_folder(result.output, push_to, private=private, force=False)
+        except SeqclsError as exc:
+            raise type(exc)(f"Converted {result.output} but did not publish it: {exc} Retry with `seqcls push {result.output} --repo-id {push_to}`.") from exc
+        summary["push"] = pushed.to_dict()
     if json_out:
         _print_json(summary)
         return
@@ -152,6 +161,45 @@ def convert(
 
         out.print(parity_table(result.parity))
     out.print(f"[green]Converted[/green] {source} -> {result.output} in {result.seconds:.1f} s")
+    if pushed is not None:
+        _print_push(pushed)
+
+
+def _print_push(result: Any) -> None:
+    for warning in result.warnings:
+        err.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
+    if result.up_to_date:
+        out.print(f"[green]Up to date[/green]: {result.repo_id}@{result.revision} already holds these {len(result.files)} files (commit {result.commit_oid}); nothing pushed.", highlight=False)
+    elif result.pr_url:
+        out.print(f"[green]Opened[/green] {result.pr_url} with {len(result.files)} files (commit {result.commit_oid}).", highlight=False)
+    else:
+        out.print(f"[green]Pushed[/green] {len(result.files)} files to {result.repo_id}@{result.revision}: {result.commit_url}", highlight=False)
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="A folder written and verified by seqcls convert.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repo to publish to, namespace/name (created when missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private (ignored when it exists).")] = False,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to push to (created from main when missing); default main.")] = None,
+    commit_message: Annotated[Optional[str], typer.Option("--commit-message", "-m", help="Commit title (default names the source and recipe).")] = None,
+    create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing to the branch.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Push even when the parity report is missing, failed or stale.")] = False,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Publish a verified folder to the Hub in one commit (refuses unverified folders unless --force)."""
+    from .publish import push as push_folder
+
+    if quiet or json_out:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    result = push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr, force=force)
+    if json_out:
+        _print_json(result.to_dict())
+    elif not quiet:
+        _print_push(result)
 
 
 @app.command()

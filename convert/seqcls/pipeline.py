@@ -393,6 +393,21 @@ def convert(
     """
     started = time.perf_counter()
     p = plan(source, output, recipe, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite, revision=revision, allow_pickle=allow_pickle)
+    return execute(p, device=device, verify=verify, overwrite=overwrite, progress=progress, verify_hook=verify_hook, started=started)
+
+
+def execute(
+    p: ConversionPlan,
+    *,
+    device: str = "auto",
+    verify: bool = True,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    verify_hook: Callable[[ConversionPlan, Path], Any] | None = None,
+    started: float | None = None,
+) -> ConversionResult:
+    """Carry out a plan: write into a temporary sibling, verify there, then rename into place."""
+    started = time.perf_counter() if started is None else started
     report = None
     with atomic_folder(p.output, overwrite=overwrite) as tmp:
         files = write(p, tmp, device=device, progress=progress)

@@ -171,6 +171,17 @@ class Recipe(BaseModel):
     card: CardOptions = CardOptions()
     architecture: ArchitectureSpec | None = None
 
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, tokens: Any) -> Any:
+        if isinstance(tokens, list):
+            for token in tokens:
+                if isinstance(token, bool):
+                    raise ValueError(f"{token!r} is a boolean: YAML reads unquoted yes/no/true/false as booleans, so quote the token (\"yes\")")
+                if not isinstance(token, (int, str)):
+                    raise ValueError(f"{token!r} is not a token; use a string such as \"yes\" or an integer token id")
+        return tokens
+
     @model_validator(mode="after")
     def _token_count(self) -> "Recipe":
         if self.method == "from_2_way_softmax" and len(self.tokens) != 2:
@@ -272,10 +283,10 @@ def _merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_raw(ref: str, base: Path | None, chain: tuple[str, ...]) -> tuple[dict[str, Any], yaml.Node | None, str]:
+def _read_raw(ref: str, base: Path | None, chain: tuple[str, ...], force_file: bool = False) -> tuple[dict[str, Any], yaml.Node | None, str]:
     """Read a recipe (file path or built-in name), resolving ``extends`` recursively."""
     path = Path(ref) if base is None else (base / ref)
-    is_file = ref.endswith((".yaml", ".yml")) or "/" in ref or path.is_file()
+    is_file = force_file or ref.endswith((".yaml", ".yml")) or "/" in ref or path.is_file()
     if is_file:
         if not path.is_file():
             raise RecipeError([f"{ref}: recipe file not found; check the path or use a built-in name ({', '.join(builtin_names())})."])
@@ -343,7 +354,8 @@ def load_recipe(ref: "str | Path | Recipe") -> Recipe:
 def validate_file(path: str | Path) -> list[str]:
     """Validate one recipe file; return its problems (empty when valid)."""
     try:
-        load_recipe(str(path) if str(path).endswith((".yaml", ".yml")) else Path(path).as_posix())
+        data, node, origin = _read_raw(str(path), None, (), force_file=True)
+        _validate(data, node, origin)
     except RecipeError as exc:
         return exc.problems
     return []

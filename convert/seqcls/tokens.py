@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -54,7 +55,7 @@ def load_tokenizer(folder: Path) -> TextTokenizer:
 
 
 def _neighbours(tokenizer: TextTokenizer, label: str) -> list[str]:
-    stripped = label.strip()
+    stripped = re.sub(r"^[\W_]+|[\W_]+$", "", label) or label.strip()
     variants = [stripped, stripped.lower(), stripped.capitalize(), stripped.upper()]
     variants += [" " + v for v in variants]
     seen: list[str] = []

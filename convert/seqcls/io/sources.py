@@ -20,7 +20,7 @@ TOKENIZER_FILES = (
 )
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
 EXTRA_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE")
-HUB_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "tokenizer.model", "spiece.model", "merges.txt", "vocab.txt", "LICENSE*"]
+HUB_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "tokenizer.model", "spiece.model", "merges.txt", "vocab.txt", "LICENSE*", "README.md"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 

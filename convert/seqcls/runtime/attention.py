@@ -153,8 +153,11 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      sliding_window: int | None = None, softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention-interface function for packed streams (query ``[1, H, T, D]``)."""
     ctx = current()
-    if ctx is None:
-        raise RuntimeError("seqcls packed attention was called outside a packed forward pass")
+    if ctx is None:  # an ordinary (padded) batch: transformers' own SDPA attention
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, softcap=softcap, **kwargs)
     layer = ctx.layer
     ctx.layer += 1
     if scaling is None:

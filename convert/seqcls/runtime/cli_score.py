@@ -1,0 +1,244 @@
+"""``seqcls score``: score pairs from the command line (registered in ``seqcls.cli``).
+
+Two input forms:
+
+* ``--query Q --document D [--document D ...]``: one query against documents (or as many queries
+  as documents); prints a ranked table, or JSON with ``--json``.
+* ``--input pairs.jsonl`` (``-`` for stdin): one JSON object per line, either
+  ``{"query": ..., "document": ...}`` or ``{"query": ..., "documents": [...]}``, optionally with
+  ``"id"`` (echoed back) and ``"instruction"``. Writes one JSON line per input line, in order:
+  ``{"id", "score", "prompt_tokens"}`` for a pair, ``{"id", "results": [{"index", "score"}, ...],
+  "prompt_tokens"}`` (best first, cut to ``--top-n``) for a document list.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..errors import UsageError
+
+PROGRESS_MIN_PAIRS = 64
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if str(path) == "-":
+        lines = sys.stdin.read().splitlines()
+        name = "<stdin>"
+    else:
+        if not path.is_file():
+            raise UsageError(f"Input file {path} not found; pass a JSONL file of {{\"query\", \"document\"}} lines.")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        name = str(path)
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{name} line {number} is not valid JSON ({exc.msg}); write one JSON object per line.") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("query"), str):
+            raise UsageError(f"{name} line {number}: expected an object with a string \"query\" and a \"document\" or \"documents\"; fix the line.")
+        has_one, has_many = "document" in record, "documents" in record
+        if has_one == has_many:
+            raise UsageError(f"{name} line {number}: give exactly one of \"document\" (a string) or \"documents\" (a list of strings).")
+        docs = [record["document"]] if has_one else record["documents"]
+        if not isinstance(docs, list) or not docs or not all(isinstance(d, str) for d in docs):
+            raise UsageError(f"{name} line {number}: documents must be strings (\"documents\" a non-empty list of them).")
+        instruction = record.get("instruction")
+        if instruction is not None and not isinstance(instruction, str):
+            raise UsageError(f"{name} line {number}: \"instruction\" must be a string.")
+        records.append({"line": number, "id": record.get("id"), "query": record["query"], "docs": docs,
+                        "single": has_one, "instruction": instruction})
+    if not records:
+        raise UsageError(f"{name} holds no pairs; write one JSON object per line.")
+    return records
+
+
+class _Progress:
+    """A rich progress bar on stderr (pairs done of total)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled = enabled and total >= PROGRESS_MIN_PAIRS
+        self.total = total
+        self.offset = 0
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("pairs"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("score", total=self.total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+    def callback(self):
+        if not self.enabled:
+            return None
+        base = self.offset
+
+        def update(done: int, total: int) -> None:
+            self.bar.update(self.task, completed=base + done)
+
+        return update
+
+    def advance_base(self, n: int) -> None:
+        self.offset += n
+
+
+def _score_records(scorer: Any, records: list[dict[str, Any]], top_n: Optional[int], raw: bool, truncate: bool,
+                   max_length: Optional[int], progress: _Progress, instruction: Optional[str] = None) -> list[dict[str, Any]]:
+    by_instruction: dict[Any, list[int]] = {}
+    for r, record in enumerate(records):
+        chosen = record["instruction"] if record["instruction"] is not None else instruction
+        by_instruction.setdefault(chosen, []).append(r)
+    outputs: list[dict[str, Any] | None] = [None] * len(records)
+    for instruction, members in by_instruction.items():
+        queries, docs, owner = [], [], []
+        for r in members:
+            for d in records[r]["docs"]:
+                queries.append(records[r]["query"])
+                docs.append(d)
+                owner.append(r)
+        result = scorer.score(queries, docs, instruction=instruction, raw=raw, truncate=truncate, max_length=max_length,
+                              progress=progress.callback())
+        progress.advance_base(len(docs))
+        k = 0
+        for r in members:
+            record = records[r]
+            n = len(record["docs"])
+            scores = result.scores[k:k + n]
+            tokens = sum(result.num_tokens[k:k + n])
+            k += n
+            line: dict[str, Any] = {}
+            if record["id"] is not None:
+                line["id"] = record["id"]
+            if record["single"]:
+                line["score"] = scores[0]
+            else:
+                order = sorted(range(n), key=lambda i: (-_key(scores[i]), i))
+                if top_n:
+                    order = order[:top_n]
+                line["results"] = [{"index": i, "score": scores[i]} for i in order]
+            line["prompt_tokens"] = tokens
+            outputs[r] = line
+    return [o for o in outputs if o is not None]
+
+
+def _key(score: Any) -> float:
+    return score if isinstance(score, float) else score[0]
+
+
+def _short(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def score_command(
+    model: Annotated[str, typer.Argument(help="A folder written by `seqcls convert` (or a Hub repo id of one).")],
+    query: Annotated[Optional[list[str]], typer.Option("--query", help="The query (repeat it once per document for N:N pairs).")] = None,
+    document: Annotated[Optional[list[str]], typer.Option("--document", help="A document to score; repeat for several.")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="JSONL of {\"query\", \"document\"} or {\"query\", \"documents\"} lines ('-' reads stdin).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="With --input: write the JSONL results to this file instead of stdout.")] = None,
+    top_n: Annotated[Optional[int], typer.Option("--top-n", min=0, help="Keep only the best N documents per query (0: all).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto (every GPU when present), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")] = "auto",
+    instruction: Annotated[Optional[str], typer.Option("--instruction", help="Replace the recipe's default instruction ('' for none).")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Print raw logits instead of probabilities.")] = False,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", min=1, help="Longest prompt in tokens (default: the model's).")] = None,
+    no_truncate: Annotated[bool, typer.Option("--no-truncate", help="Refuse over-long pairs instead of cutting their documents.")] = False,
+    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", min=1, help="Tokens per forward pass (default 64k on GPU, 4k on CPU).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")] = False,
+) -> None:
+    """Score query-document pairs with a converted model (probabilities unless --raw)."""
+    if input_file is not None and (query or document):
+        raise UsageError("Pass either --query/--document or --input FILE.jsonl, not both.")
+    if input_file is None:
+        if not query or not document:
+            raise UsageError("Pass --query and at least one --document, or --input FILE.jsonl.")
+        if output is not None:
+            raise UsageError("--output goes with --input; with --query/--document use --json and redirect stdout.")
+    records = _read_jsonl(input_file) if input_file is not None else None
+    if query and len(query) > 1 and top_n:
+        raise UsageError("--top-n needs a single --query (with several queries the pairs are scored N:N in input order).")
+
+    from .scorer import Scorer
+
+    started = time.perf_counter()
+    scorer = Scorer(model, device=device, dtype=dtype, max_length=max_length, truncate=not no_truncate, batch_tokens=batch_tokens)
+    loaded = time.perf_counter()
+    if records is not None:
+        total = sum(len(r["docs"]) for r in records)
+        with _Progress(not quiet, total) as progress:
+            lines = _score_records(scorer, records, top_n, raw, not no_truncate, max_length, progress, instruction)
+        text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        if output is not None:
+            output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        if not quiet:
+            seconds = time.perf_counter() - loaded
+            sys.stderr.write(f"Scored {total} pairs from {len(records)} lines in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} pairs/s) on {scorer.device}.\n")
+        return
+
+    assert query is not None and document is not None
+    with _Progress(not quiet and not json_out, len(document)) as progress:
+        result = scorer.score(query if len(query) > 1 else query[0], document, instruction=instruction, raw=raw,
+                              progress=progress.callback())
+    single = len(query) == 1
+    order = list(range(len(document)))
+    if single:
+        order.sort(key=lambda i: (-_key(result.scores[i]), i))
+        if top_n:
+            order = order[:top_n]
+    rows = []
+    for i in order:
+        row: dict[str, Any] = {"index": i, "score": result.scores[i], "document": document[i]}
+        if not single:
+            row["query"] = query[i]
+        rows.append(row)
+    if json_out:
+        data = {"model": str(model), "activation": result.activation, "results": rows, "usage": result.usage.to_dict(),
+                "truncated": result.truncated}
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    label = "logit" if result.activation == "none" else ("probability" if result.activation == "sigmoid" else result.activation)
+    table = Table(title=f"{scorer.model_name}: {len(document)} pair(s)", title_justify="left")
+    table.add_column("rank" if single else "pair", justify="right")
+    table.add_column("index", justify="right")
+    table.add_column(label, justify="right")
+    if not single:
+        table.add_column("query", overflow="fold")
+    table.add_column("document", overflow="fold")
+    for rank, row in enumerate(rows, 1):
+        score = row["score"]
+        shown = f"{score:.6f}" if isinstance(score, float) else ", ".join(f"{x:.4f}" for x in score)
+        cells = [str(rank if single else row["index"]), str(row["index"]), shown]
+        if not single:
+            cells.append(_short(row["query"], 30))
+        cells.append(_short(row["document"]))
+        table.add_row(*cells)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    if not quiet:
+        note = f", {len(result.truncated)} truncated" if result.truncated else ""
+        Console(stderr=True).print(
+            f"{result.usage.prompt_tokens} prompt tokens{note}; {time.perf_counter() - started:.1f} s on {scorer.device} ({scorer.dtype}).",
+            highlight=False,
+        )

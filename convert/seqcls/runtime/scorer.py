@@ -1,0 +1,384 @@
+"""``seqcls.Scorer``: score and rerank with a converted folder (the Python API behind the CLI and server)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import UsageError
+from .folder import ModelFolder, load_folder
+from .prompts import PromptEncoder, load_tokenizer
+
+
+@dataclass
+class Usage:
+    """Token usage of a call: every prompt token counts, shared prefix or not."""
+
+    prompt_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "total_tokens": self.total_tokens}
+
+
+@dataclass
+class ScoreResult:
+    """Scores of the pairs, in input order.
+
+    Attributes:
+        scores: one float per pair for one-label models (a probability unless raw logits were asked
+            for); a list of floats per pair for multi-label models (raw logits, or softmax rows).
+        logits: the raw logits, one row per pair.
+        usage: prompt token counts.
+        truncated: indices of pairs whose document was cut to fit.
+        activation: ``sigmoid``, ``softmax`` or ``none``.
+        num_tokens: prompt tokens of each pair.
+    """
+
+    scores: list[Any]
+    logits: list[list[float]]
+    usage: Usage
+    truncated: list[int] = field(default_factory=list)
+    activation: str = "sigmoid"
+    num_tokens: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __iter__(self):
+        return iter(self.scores)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.scores[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scores": self.scores, "activation": self.activation, "truncated": self.truncated,
+            "usage": self.usage.to_dict(),
+        }
+
+
+@dataclass
+class RerankItem:
+    """One ranked document: its index in the input, its score, and its text (when returned)."""
+
+    index: int
+    score: float
+    document: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "score": self.score}
+        if self.document is not None:
+            out["document"] = self.document
+        return out
+
+
+@dataclass
+class RerankResult:
+    """Documents sorted by score, best first, cut to ``top_n``."""
+
+    results: list[RerankItem]
+    usage: Usage
+    truncated: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> RerankItem:
+        return self.results[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [r.to_dict() for r in self.results], "truncated": self.truncated, "usage": self.usage.to_dict()}
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict) or not isinstance(value, Sequence):
+        raise UsageError(f"{name} must be a string or a list of strings, not {type(value).__name__}.")
+    items = list(value)
+    if not items:
+        raise UsageError(f"{name} is empty; pass at least one.")
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise UsageError(f"{name}[{i}] is {type(item).__name__}, not a string; pass plain text (this runtime scores text only).")
+    return items
+
+
+def make_pairs(queries: str | Sequence[str], documents: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """Expand queries and documents into aligned pairs with vLLM's rules.
+
+    One query with any number of documents (1:1, 1:N), or as many queries as documents (N:N).
+
+    Raises:
+        UsageError: for empty input, non-string items, or other length combinations.
+    """
+    q = _as_list(queries, "queries")
+    d = _as_list(documents, "documents")
+    if len(q) == 1:
+        return q * len(d), d
+    if len(q) != len(d):
+        raise UsageError(
+            f"Input lengths must be either 1:1, 1:N or N:N (got {len(q)} queries and {len(d)} documents); "
+            "pass one query, or exactly one query per document."
+        )
+    return q, d
+
+
+class Scorer:
+    """Scores (query, document) pairs with a converted ``*ForSequenceClassification`` folder.
+
+    Reads the recipe and template from the folder, tokenises pairs exactly as transformers would,
+    and runs the packed, prefix-sharing engine (GPU when available).
+
+    Args:
+        model_or_dir: the output folder of ``seqcls convert`` (or a Hub repo id of one).
+        device: ``auto`` (every visible GPU, else CPU), ``cpu``, ``cuda`` (every GPU) or ``cuda:N``.
+        dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``float32``, ``bfloat16`` or ``float16``.
+        max_length: longest prompt in tokens (default: the recipe's limit, else the model's context).
+        truncate: cut over-long documents from the recipe's document side (default True); False
+            refuses them with UsageError.
+        shared_prefix: compute a query's prompt prefix once for all its documents (default True).
+        batch_tokens: tokens per forward pass (default 64k on GPU, 4k on CPU).
+        backend: ``auto``, ``packed`` or ``padded``.
+        compile: ``auto`` (on CUDA), True or False: torch.compile the decoder layers.
+
+    Example:
+        >>> scorer = seqcls.Scorer("qwen3-reranker-seqcls")
+        >>> scorer.score("capital of France?", ["Paris is the capital.", "Bananas are yellow."]).scores
+        [0.998..., 0.001...]
+        >>> scorer.rerank("capital of France?", docs, top_n=3)[0].index
+    """
+
+    def __init__(
+        self,
+        model_or_dir: str | Path,
+        device: str | Sequence[str] = "auto",
+        dtype: str = "auto",
+        *,
+        max_length: int | None = None,
+        truncate: bool = True,
+        shared_prefix: bool = True,
+        batch_tokens: int | None = None,
+        backend: str = "auto",
+        compile: bool | str = "auto",
+    ):
+        self.folder: ModelFolder = load_folder(model_or_dir)
+        self.tokenizer = load_tokenizer(self.folder.path)
+        limit = self.folder.max_length if max_length is None else min(int(max_length), self.folder.max_length)
+        if limit < 1:
+            raise UsageError(f"max_length must be a positive number of tokens, not {max_length}.")
+        self.encoder = PromptEncoder(self.tokenizer, self.folder.template, limit)
+        self.truncate = truncate
+        self.shared_prefix = shared_prefix
+        from .engine import Engine, resolve_devices, resolve_dtype
+
+        devices = resolve_devices(device)
+        self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens)
+
+    # -- properties
+
+    @property
+    def num_labels(self) -> int:
+        return self.engine.num_labels
+
+    @property
+    def labels(self) -> list[str]:
+        return self.folder.labels
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    @property
+    def device(self) -> str:
+        return ",".join(str(d) for d in self.engine.devices)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.engine.dtype).replace("torch.", "")
+
+    @property
+    def template(self):
+        return self.folder.template
+
+    @property
+    def model_name(self) -> str:
+        return self.folder.name
+
+    def __repr__(self) -> str:
+        return f"Scorer({str(self.folder.path)!r}, device={self.device!r}, dtype={self.dtype!r}, backend={self.engine.backend!r})"
+
+    # -- public API
+
+    def tokenize(self, queries: str | Sequence[str], documents: str | Sequence[str], *, instruction: str | None = None,
+                 truncate: bool | None = None, max_length: int | None = None, max_document_tokens: int | None = None) -> list[list[int]]:
+        """Token ids of the rendered pairs (after any truncation), as the engine will score them."""
+        q, d = make_pairs(queries, documents)
+        self._check_instruction(instruction)
+        return self.encoder.encode(q, d, instruction, truncate=self.truncate if truncate is None else truncate,
+                                   max_length=max_length, max_document_tokens=max_document_tokens).ids
+
+    def score(
+        self,
+        queries: str | Sequence[str],
+        documents: str | Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        softmax: bool = False,
+        truncate: bool | None = None,
+        max_length: int | None = None,
+        max_document_tokens: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ScoreResult:
+        """Score pairs with vLLM's 1:1, 1:N and N:N rules.
+
+        Args:
+            queries: one query (str) or a list: one query for all documents, or one per document.
+            documents: one document or a list.
+            instruction: replaces the recipe's default instruction ("" for none).
+            raw: return raw logits instead of probabilities (one-label models).
+            softmax: for multi-label models, return softmax rows instead of raw logits.
+            truncate: override the Scorer's truncation choice for this call.
+            max_length: a tighter prompt limit for this call (vLLM's truncate_prompt_tokens).
+            max_document_tokens: cut each document to this many tokens first.
+            progress: called as ``progress(done, total)`` in pairs as batches finish.
+
+        Returns:
+            ScoreResult: ``scores`` in input order, ``usage`` and ``truncated``.
+
+        Example:
+            >>> scorer.score("what is a panda?", ["The giant panda is a bear.", "Paris"]).scores
+        """
+        q, d = make_pairs(queries, documents)
+        self._check_instruction(instruction)
+        encoded = self.encoder.encode(q, d, instruction, truncate=self.truncate if truncate is None else truncate,
+                                      max_length=max_length, max_document_tokens=max_document_tokens)
+        logits = self._run(encoded.ids, progress)
+        return self._result(logits, encoded.ids, encoded.truncated, raw, softmax)
+
+    def score_tokens(self, token_ids: Sequence[Sequence[int]], *, raw: bool = False, softmax: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> ScoreResult:
+        """Score pre-tokenised prompts (already rendered with the template); shared prefixes are found
+        from the ids. No truncation: a prompt over ``max_length`` raises UsageError."""
+        seqs = []
+        for i, ids in enumerate(token_ids):
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:
+                raise UsageError(f"token_ids[{i}] must be a non-empty list of token ids.")
+            seqs.append([int(t) for t in ids])
+        if not seqs:
+            raise UsageError("token_ids is empty; pass at least one prompt.")
+        for i, s in enumerate(seqs):
+            if len(s) > self.max_length:
+                raise UsageError(f"token_ids[{i}] is {len(s)} tokens, over the limit of {self.max_length}; shorten it.")
+        logits = self._run(seqs, progress)
+        return self._result(logits, seqs, [], raw, softmax)
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        return_documents: bool = True,
+        truncate: bool | None = None,
+        max_length: int | None = None,
+        max_document_tokens: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RerankResult:
+        """Rank documents for one query, best first.
+
+        Args:
+            query: the query.
+            documents: the candidate documents (strings).
+            top_n: keep the best ``top_n`` (None or 0: all).
+            instruction, raw, truncate, max_length, max_document_tokens, progress: as in ``score``.
+            return_documents: include each document's text in the results.
+
+        Returns:
+            RerankResult: ``results`` of RerankItem(index, score, document), sorted by score, descending.
+
+        Example:
+            >>> best = scorer.rerank("capital of France?", docs, top_n=1)[0]
+            >>> docs[best.index]
+        """
+        if not isinstance(query, str):
+            raise UsageError(f"query must be a string, not {type(query).__name__}.")
+        if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
+            raise UsageError(f"top_n must be a non-negative integer, not {top_n!r}.")
+        if self.num_labels != 1:
+            raise UsageError(f"rerank needs a one-label model, this one has {self.num_labels} labels ({', '.join(self.labels)}); use score() instead.")
+        docs = _as_list(documents, "documents")
+        result = self.score(query, docs, instruction=instruction, raw=raw, truncate=truncate, max_length=max_length,
+                            max_document_tokens=max_document_tokens, progress=progress)
+        order = sorted(range(len(docs)), key=lambda i: (-result.scores[i], i))
+        if top_n:
+            order = order[:top_n]
+        items = [RerankItem(i, result.scores[i], docs[i] if return_documents else None) for i in order]
+        return RerankResult(items, result.usage, result.truncated)
+
+    # -- internals
+
+    def _check_instruction(self, instruction: Any) -> None:
+        if instruction is not None and not isinstance(instruction, str):
+            raise UsageError(f"instruction must be a string, not {type(instruction).__name__}.")
+
+    def _run(self, seqs: list[list[int]], progress: Callable[[int, int], None] | None):
+        from .engine import PrefixGroup, find_prefix_groups
+
+        if self.shared_prefix and self.engine.supports_prefix:
+            groups = find_prefix_groups(seqs)
+        else:
+            groups = [PrefixGroup(list(range(len(seqs))), 0)]
+        packs = self.engine.plan(seqs, groups)
+        done = [0]
+        total = len(seqs)
+
+        def advance(n: int) -> None:
+            done[0] += n
+            progress(done[0], total)
+
+        return self.engine.run(packs, total, advance if progress else None)
+
+    def _result(self, logits, seqs: list[list[int]], truncated: list[int], raw: bool, softmax: bool) -> ScoreResult:
+        lengths = [len(s) for s in seqs]
+        rows = [[float(x) for x in row] for row in logits]
+        if self.num_labels == 1:
+            if raw:
+                scores: list[Any] = [r[0] for r in rows]
+                activation = "none"
+            else:
+                scores = [_sigmoid(r[0]) for r in rows]
+                activation = "sigmoid"
+        elif softmax and not raw:
+            scores = [_softmax(r) for r in rows]
+            activation = "softmax"
+        else:
+            scores = rows
+            activation = "none"
+        return ScoreResult(scores, rows, Usage(sum(lengths)), truncated, activation, lengths)
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def _softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    exps = [math.exp(x - top) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]

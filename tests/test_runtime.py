@@ -1,0 +1,459 @@
+"""The scoring runtime: prompts, pairs, truncation, engine paths and parity with transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from factory import build_model, build_tokenizer  # noqa: E402
+
+import seqcls  # noqa: E402
+from seqcls.errors import UsageError  # noqa: E402
+
+QUERY = "what is the capital of France?"
+DOCS = [
+    "The capital of France is Paris.",
+    "yes no Yes No",
+    "Given a query A and a passage B, determine whether the passage contains an answer",
+    "<Document>: the Query and the Instruct",
+    "Paris",
+]
+QUERIES = ["what is the capital of France?", "yes or no?", "retrieve relevant passages", "A: B:", "system user"]
+ATOL = 1e-5
+
+# arch -> (recipe, tied)
+ARCH_RECIPES = {
+    "qwen3": ("qwen3", True),
+    "qwen2": ("mxbai-rerank-v2", False),
+    "llama": ("smollm2-demo", False),
+    "gemma": ("bge-reranker-v2-gemma", True),
+    "gemma2": ("qwen3", False),
+    "gemma3": ("ctxl-rerank-v2", False),
+    "mistral": ("qwen3-vl", False),
+    "phi3": ("qwen3", False),
+}
+
+MULTI_LABEL_RECIPE = """
+name: three-labels
+method: no_post_processing
+tokens: ["yes", "no", "Yes"]
+template:
+  prefix: "<|im_start|>system\\nJudge.<|im_end|>\\n"
+  query: "<Query>: {query}\\n"
+  document: "<Document>: {document}"
+  suffix: "<|im_end|>\\n<|im_start|>assistant\\n"
+"""
+
+LEFT_TRUNCATION_RECIPE = """
+extends: qwen3
+name: qwen3-left
+template:
+  truncation:
+    max_length: 60
+    document_side: left
+"""
+
+
+@pytest.fixture(scope="session")
+def runtime_models(tmp_path_factory) -> dict[str, Path]:
+    """One converted tiny checkpoint per architecture (plus a 3-label and a left-truncating one)."""
+    root = tmp_path_factory.mktemp("runtime-models")
+    out: dict[str, Path] = {}
+    for arch, (recipe, tied) in ARCH_RECIPES.items():
+        src = build_model(root / f"{arch}-src", arch, tied=tied, seed=len(out))
+        out[arch] = root / f"{arch}-seqcls"
+        seqcls.convert(str(src), output=out[arch], recipe=recipe, verify=False)
+    (root / "three.yaml").write_text(MULTI_LABEL_RECIPE)
+    out["three-labels"] = root / "three-seqcls"
+    seqcls.convert(str(root / "llama-src"), output=out["three-labels"], recipe=str(root / "three.yaml"), verify=False)
+    (root / "left.yaml").write_text(LEFT_TRUNCATION_RECIPE)
+    out["left"] = root / "left-seqcls"
+    seqcls.convert(str(root / "qwen3-src"), output=out["left"], recipe=str(root / "left.yaml"), verify=False)
+    out["qwen3-src"] = root / "qwen3-src"
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen3_scorer(runtime_models):
+    return seqcls.Scorer(runtime_models["qwen3"], device="cpu")
+
+
+def reference_logits(folder: Path, queries: list[str], documents: list[str], instruction: str | None = None) -> torch.Tensor:
+    """AutoModelForSequenceClassification, one unpadded pair at a time, on the converter's own template."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    template = seqcls.load_recipe(str(folder / "seqcls_recipe.yaml")).template
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32).eval()
+    rows = []
+    with torch.no_grad():
+        for q, d in zip(queries, documents):
+            ids = tokenizer(template.render(q, d, instruction), add_special_tokens=False, return_tensors="pt")
+            rows.append(model(**ids).logits[0].float())
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------- prompts and tokenisation
+
+
+def test_prompt_template_renders_like_recipe_template():
+    from seqcls.recipe import builtin_recipes
+    from seqcls.runtime.prompts import PromptTemplate
+
+    for recipe in builtin_recipes():
+        mine = PromptTemplate.from_dict(recipe.to_dict()["template"])
+        for q, d in zip(QUERIES, DOCS):
+            for instruction in (None, "", "Find {braces} here"):
+                assert mine.render(q, d, instruction) == recipe.template.render(q, d, instruction), recipe.name
+                assert mine.parts(q, d, instruction) == recipe.template.parts(q, d, instruction), recipe.name
+
+
+def test_token_ids_equal_tokenizing_the_whole_prompt(tmp_path):
+    """The runtime's ids are the full rendered prompt's ids (transformers' AutoTokenizer, no specials)."""
+    from transformers import AutoTokenizer
+
+    from seqcls.recipe import builtin_recipes
+    from seqcls.runtime.prompts import PromptEncoder, PromptTemplate, load_tokenizer
+
+    build_tokenizer(tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    tok = load_tokenizer(tmp_path)
+    docs = DOCS + [" leading and trailing spaces  ", "tabs\tand\nnewlines\n", "émoji 🙂 ünïcode"]
+    for recipe in builtin_recipes():
+        encoder = PromptEncoder(tok, PromptTemplate.from_dict(recipe.to_dict()["template"]), 10_000)
+        queries = [QUERY] * len(docs)
+        ids = encoder.encode(queries, docs).ids
+        for q, d, got in zip(queries, docs, ids):
+            assert got == hf(recipe.template.render(q, d), add_special_tokens=False)["input_ids"], recipe.name
+
+
+def test_template_parts_tokenize_like_the_whole_prompt_for_ordinary_text(tmp_path):
+    """Boundary merges aside, the three template parts tokenise to the same ids as the whole prompt."""
+    from seqcls.recipe import builtin_recipes
+    from seqcls.runtime.prompts import load_tokenizer
+
+    build_tokenizer(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    for recipe in builtin_recipes():
+        for q, d in zip(QUERIES, DOCS):
+            whole = tok.encode(recipe.template.render(q, d), add_special_tokens=False).ids
+            parts = [i for part in recipe.template.parts(q, d) for i in tok.encode(part, add_special_tokens=False).ids]
+            assert whole == parts, recipe.name
+
+
+# ---------------------------------------------------------------- pairs
+
+
+def test_pair_rules_follow_vllm():
+    from seqcls.runtime.scorer import make_pairs
+
+    assert make_pairs("q", "d") == (["q"], ["d"])
+    assert make_pairs("q", ["a", "b"]) == (["q", "q"], ["a", "b"])
+    assert make_pairs(["q"], ["a", "b"]) == (["q", "q"], ["a", "b"])
+    assert make_pairs(["q1", "q2"], ["a", "b"]) == (["q1", "q2"], ["a", "b"])
+    with pytest.raises(UsageError, match="1:1, 1:N or N:N"):
+        make_pairs(["q1", "q2"], ["a", "b", "c"])
+    with pytest.raises(UsageError, match="1:1, 1:N or N:N"):
+        make_pairs(["q1", "q2"], ["a"])
+    with pytest.raises(UsageError, match="documents is empty"):
+        make_pairs("q", [])
+    with pytest.raises(UsageError, match="queries is empty"):
+        make_pairs([], ["a"])
+    with pytest.raises(UsageError, match=r"documents\[1\] is int, not a string"):
+        make_pairs("q", ["a", 3])
+    with pytest.raises(UsageError, match=r"documents\[0\] is dict"):
+        make_pairs("q", [{"text": "a"}])
+    with pytest.raises(UsageError, match="must be a string or a list"):
+        make_pairs("q", None)
+
+
+def test_score_rejects_bad_input(qwen3_scorer):
+    with pytest.raises(UsageError, match="1:1, 1:N or N:N"):
+        qwen3_scorer.score(["a", "b"], ["x", "y", "z"])
+    with pytest.raises(UsageError, match="empty"):
+        qwen3_scorer.score("q", [])
+    with pytest.raises(UsageError, match="not a string"):
+        qwen3_scorer.score("q", ["ok", None])
+    with pytest.raises(UsageError, match="instruction must be a string"):
+        qwen3_scorer.score("q", ["ok"], instruction=3)
+    with pytest.raises(UsageError, match="top_n"):
+        qwen3_scorer.rerank("q", ["ok"], top_n=-1)
+    with pytest.raises(UsageError, match="query must be a string"):
+        qwen3_scorer.rerank(["q"], ["ok"])
+
+
+def test_folder_that_is_not_a_converted_model(runtime_models, tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        seqcls.Scorer(tmp_path / "missing", device="cpu")
+    with pytest.raises(UsageError, match="no config.json"):
+        seqcls.Scorer(tmp_path, device="cpu")
+    with pytest.raises(UsageError, match="not a sequence-classification model"):
+        seqcls.Scorer(runtime_models["qwen3-src"], device="cpu")
+    no_recipe = tmp_path / "no-recipe"
+    no_recipe.mkdir()
+    for item in runtime_models["qwen3"].iterdir():
+        if item.name != "seqcls_recipe.yaml":
+            (no_recipe / item.name).write_bytes(item.read_bytes())
+    with pytest.raises(UsageError, match="not a folder made by `seqcls convert`"):
+        seqcls.Scorer(no_recipe, device="cpu")
+    with pytest.raises(UsageError, match="Unknown device"):
+        seqcls.Scorer(runtime_models["qwen3"], device="tpu")
+    with pytest.raises(UsageError, match="Unknown dtype"):
+        seqcls.Scorer(runtime_models["qwen3"], device="cpu", dtype="int3")
+
+
+# ---------------------------------------------------------------- parity with transformers
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_RECIPES))
+def test_scores_equal_transformers_reference(runtime_models, arch):
+    folder = runtime_models[arch]
+    scorer = seqcls.Scorer(folder, device="cpu")
+    assert scorer.engine.backend == "packed"
+    reference = reference_logits(folder, [QUERY] * len(DOCS), DOCS)
+    one_to_many = scorer.score(QUERY, DOCS, raw=True)  # one query: shared-prefix path
+    assert torch.allclose(torch.tensor(one_to_many.logits), reference, atol=ATOL, rtol=0), arch
+    probs = scorer.score(QUERY, DOCS).scores
+    assert torch.allclose(torch.tensor(probs, dtype=torch.float64), torch.sigmoid(reference[:, 0].double()), atol=ATOL, rtol=0)
+    many = scorer.score(QUERIES, DOCS, raw=True)  # N:N, distinct queries
+    assert torch.allclose(torch.tensor(many.logits), reference_logits(folder, QUERIES, DOCS), atol=ATOL, rtol=0), arch
+
+
+def test_qwen3_moe_scores_equal_reference(tmp_path):
+    import transformers
+
+    from factory import build_tokenizer as tokenizer_into
+
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_experts=4,
+        num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=3, eos_token_id=2, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.Qwen3MoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.2)
+    model.save_pretrained(str(tmp_path / "src"))
+    tokenizer_into(tmp_path / "src")
+    seqcls.convert(str(tmp_path / "src"), output=tmp_path / "out", recipe="qwen3", verify=False)
+    scorer = seqcls.Scorer(tmp_path / "out", device="cpu")
+    got = torch.tensor(scorer.score(QUERY, DOCS, raw=True).logits)
+    assert torch.allclose(got, reference_logits(tmp_path / "out", [QUERY] * len(DOCS), DOCS), atol=ATOL, rtol=0)
+
+
+def test_packed_padded_and_shared_prefix_paths_agree(runtime_models):
+    folder = runtime_models["qwen3"]
+    queries = [QUERY] * 3 + QUERIES  # a 1:N group plus distinct queries
+    docs = DOCS[:3] + DOCS
+    results = {}
+    for name, kwargs in {
+        "packed+prefix": dict(backend="packed", shared_prefix=True),
+        "packed": dict(backend="packed", shared_prefix=False),
+        "padded": dict(backend="padded"),
+        "tiny-batches": dict(backend="packed", batch_tokens=40),
+    }.items():
+        scorer = seqcls.Scorer(folder, device="cpu", **kwargs)
+        results[name] = torch.tensor(scorer.score(queries, docs, raw=True).logits)
+    base = results.pop("packed")
+    for name, logits in results.items():
+        assert torch.allclose(logits, base, atol=ATOL, rtol=0), name
+
+
+def test_prefix_groups_and_packs():
+    from seqcls.runtime.engine import PrefixGroup, find_prefix_groups, plan_packs
+
+    system = list(range(100, 140))
+    seqs = []
+    for q in range(3):
+        for d in range(4):
+            seqs.append(system + [1000 + q] * 12 + [2000 + 10 * q + d] * (d + 2) + [7, 8])
+    groups = find_prefix_groups(seqs)
+    assert sorted(len(g.indices) for g in groups) == [4, 4, 4]
+    assert all(g.length == 52 for g in groups)
+    one_doc_each = [system + [3000 + q] * 5 for q in range(4)]
+    (group,) = find_prefix_groups(one_doc_each)
+    assert group.length == 40 and len(group.indices) == 4
+    assert [g.length for g in find_prefix_groups([[1, 2, 3]] * 2 + [[9]], 1)] in ([2, 0], [0, 2])
+    assert find_prefix_groups([[1, 2], [3, 4]]) == [PrefixGroup([0], 0), PrefixGroup([1], 0)]
+
+    lengths = [30, 5, 17, 8, 40, 1]
+    seqs = [[1] * n for n in lengths]
+    packs = plan_packs(seqs, [PrefixGroup(list(range(6)), 0)], budget=45, padded=False)
+    assert sorted(i for p in packs for i in p.indices) == list(range(6))
+    assert all(p.tokens <= 45 for p in packs)
+    padded = plan_packs(seqs, [PrefixGroup(list(range(6)), 0)], budget=45, padded=True)
+    assert all(len(p.seqs) * max(map(len, p.seqs)) <= 45 or len(p.seqs) == 1 for p in padded)
+    prefixed = plan_packs([[5] * 10 + [1] * n for n in (3, 4)], [PrefixGroup([0, 1], 10)], budget=100, padded=False)
+    assert prefixed[0].prefix == (5,) * 10 and [len(s) for s in prefixed[0].seqs] == [4, 3]
+
+
+def test_data_parallel_replicas_give_the_same_scores(runtime_models, qwen3_scorer):
+    two = seqcls.Scorer(runtime_models["qwen3"], device=["cpu", "cpu"], batch_tokens=60)
+    assert len(two.engine.replicas) == 2
+    expected = qwen3_scorer.score(QUERIES, DOCS, raw=True).logits
+    assert torch.allclose(torch.tensor(two.score(QUERIES, DOCS, raw=True).logits), torch.tensor(expected), atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_probabilities_raw_logits_usage_and_rerank(qwen3_scorer):
+    result = qwen3_scorer.score(QUERY, DOCS)
+    raw = qwen3_scorer.score(QUERY, DOCS, raw=True)
+    assert result.activation == "sigmoid" and raw.activation == "none"
+    assert len(result) == len(DOCS) and all(0 < p < 1 for p in result)
+    assert result.scores == pytest.approx([float(torch.sigmoid(torch.tensor(x, dtype=torch.float64))) for x in raw.scores], abs=1e-12)
+    ids = qwen3_scorer.tokenize(QUERY, DOCS)
+    assert result.usage.prompt_tokens == sum(map(len, ids)) == result.usage.total_tokens
+    assert result.num_tokens == [len(x) for x in ids]
+    assert result.truncated == []
+
+    ranked = qwen3_scorer.rerank(QUERY, DOCS, top_n=3)
+    assert len(ranked) == 3
+    assert [r.score for r in ranked] == sorted(result.scores, reverse=True)[:3]
+    assert all(r.document == DOCS[r.index] and r.score == result.scores[r.index] for r in ranked)
+    assert [r.index for r in qwen3_scorer.rerank(QUERY, DOCS)] == sorted(range(len(DOCS)), key=lambda i: -result.scores[i])
+    assert all(r.document is None for r in qwen3_scorer.rerank(QUERY, DOCS, return_documents=False))
+    assert json.dumps(ranked.to_dict()) and json.dumps(result.to_dict())
+
+
+def test_instruction_override(runtime_models, qwen3_scorer):
+    default = qwen3_scorer.tokenize(QUERY, "doc")[0]
+    custom = qwen3_scorer.tokenize(QUERY, "doc", instruction="Judge relevance")[0]
+    none = qwen3_scorer.tokenize(QUERY, "doc", instruction="")[0]
+    assert len({tuple(default), tuple(custom), tuple(none)}) == 3
+    got = qwen3_scorer.score(QUERY, DOCS, instruction="Judge relevance", raw=True).logits
+    expected = reference_logits(runtime_models["qwen3"], [QUERY] * len(DOCS), DOCS, instruction="Judge relevance")
+    assert torch.allclose(torch.tensor(got), expected, atol=ATOL, rtol=0)
+
+
+def test_multi_label_model(runtime_models):
+    scorer = seqcls.Scorer(runtime_models["three-labels"], device="cpu")
+    assert scorer.num_labels == 3 and scorer.labels == ["yes", "no", "Yes"]
+    raw = scorer.score(QUERY, DOCS)
+    assert raw.activation == "none" and all(len(row) == 3 for row in raw.scores)
+    assert torch.allclose(torch.tensor(raw.scores), reference_logits(runtime_models["three-labels"], [QUERY] * len(DOCS), DOCS), atol=ATOL, rtol=0)
+    soft = scorer.score(QUERY, DOCS, softmax=True)
+    assert soft.activation == "softmax"
+    assert torch.allclose(torch.tensor(soft.scores), torch.softmax(torch.tensor(raw.scores), -1), atol=1e-6)
+    with pytest.raises(UsageError, match="one-label model"):
+        scorer.rerank(QUERY, DOCS)
+
+
+# ---------------------------------------------------------------- truncation
+
+
+def test_truncation_cuts_the_document_never_the_suffix(runtime_models):
+    folder = runtime_models["qwen3"]
+    scorer = seqcls.Scorer(folder, device="cpu", max_length=80)
+    long_doc = " ".join(["The capital of France is Paris."] * 40)
+    short = scorer.tokenize(QUERY, "The capital")[0]
+    suffix_ids = short[-8:]
+    ids = scorer.tokenize(QUERY, long_doc)[0]
+    assert len(ids) <= 80 and ids[-8:] == suffix_ids
+    assert ids[: len(short) - 8] == short[: len(short) - 8]  # prefix and the document's beginning survive
+    result = scorer.score(QUERY, [long_doc, "Paris"])
+    assert result.truncated == [0] and result.num_tokens[0] <= 80
+    # the truncated pair scores as transformers scores the cut prompt
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits[0, 0]
+    assert abs(scorer.score(QUERY, long_doc, raw=True).scores[0] - float(expected)) < ATOL
+
+    with pytest.raises(UsageError, match=r"over the limit of 80.*allow truncation"):
+        scorer.score(QUERY, [long_doc], truncate=False)
+    refusing = seqcls.Scorer(folder, device="cpu", max_length=80, truncate=False)
+    with pytest.raises(UsageError, match="tokens"):
+        refusing.score(QUERY, long_doc)
+    with pytest.raises(UsageError, match="template and query alone"):
+        scorer.score(" ".join(["query"] * 200), "doc")
+    tight = scorer.tokenize(QUERY, long_doc, max_length=70)[0]
+    assert len(tight) <= 70 and tight[-8:] == suffix_ids
+    capped = scorer.tokenize(QUERY, long_doc, max_document_tokens=5)[0]
+    assert len(capped) < len(short) + 5
+
+
+def test_left_document_side_keeps_the_end(runtime_models):
+    scorer = seqcls.Scorer(runtime_models["left"], device="cpu")
+    assert scorer.max_length == 60
+    doc = "yes " * 50 + "The capital of France is Paris."
+    ids = scorer.tokenize(QUERY, doc)[0]
+    assert len(ids) <= 60
+    tail = scorer.tokenize(QUERY, "The capital of France is Paris.")[0][-20:]
+    assert ids[-20:] == tail
+
+
+# ---------------------------------------------------------------- import weight and pydantic-free use
+
+
+def test_runtime_import_is_light():
+    code = (
+        "import sys, seqcls.runtime, seqcls.runtime.folder, seqcls.runtime.prompts; "
+        "print(sorted(m for m in ('torch', 'transformers', 'typer', 'pydantic') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_runtime_reads_recipes_without_pydantic(runtime_models):
+    """The GPU benchmark machine has no pydantic: the folder must load from plain YAML."""
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pydantic" or name.startswith("pydantic."):
+            raise ImportError("blocked")
+sys.meta_path.insert(0, Block())
+from seqcls.runtime.folder import load_folder
+folder = load_folder({str(runtime_models["qwen3"])!r})
+print(folder.template.render("q", "d"))
+print("pydantic" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    expected = seqcls.load_recipe(str(runtime_models["qwen3"] / "seqcls_recipe.yaml")).template.render("q", "d")
+    assert out.stdout == expected + "\nFalse\n"
+
+
+# ---------------------------------------------------------------- GPU (run on a CUDA machine: pytest -m gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["qwen3", "llama", "gemma3", "gemma2"])
+def test_gpu_bf16_packed_matches_reference_ranking(runtime_models, arch):
+    folder = runtime_models[arch]
+    docs = DOCS * 4
+    queries = [q for q in QUERIES for _ in range(4)]
+    reference = seqcls.Scorer(folder, device="cuda:0", dtype="float32", backend="padded").score(queries, docs, raw=True)
+    for kwargs in (dict(shared_prefix=True), dict(shared_prefix=False), dict(compile=False)):
+        scorer = seqcls.Scorer(folder, device="cuda:0", **kwargs)
+        assert scorer.engine.backend == "packed" and scorer.dtype == "bfloat16"
+        got = scorer.score(queries, docs, raw=True)
+        assert torch.allclose(torch.tensor(got.scores), torch.tensor(reference.scores), atol=0.1, rtol=0.02), kwargs
+    fp32 = seqcls.Scorer(folder, device="cuda:0", dtype="float32").score(queries, docs, raw=True)
+    assert torch.allclose(torch.tensor(fp32.scores), torch.tensor(reference.scores), atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_flash_prefix_path_agrees_with_independent_pairs(runtime_models):
+    folder = runtime_models["qwen3"]
+    docs = [f"document {i} " + "yes no " * (i % 7) for i in range(40)]
+    on = seqcls.Scorer(folder, device="cuda:0", shared_prefix=True)
+    off = seqcls.Scorer(folder, device="cuda:0", shared_prefix=False)
+    assert on.engine.replicas[0].use_flash
+    a = torch.tensor(on.score(QUERY, docs, raw=True).scores)
+    b = torch.tensor(off.score(QUERY, docs, raw=True).scores)
+    assert torch.allclose(a, b, atol=0.1, rtol=0.02)
+    assert torch.equal(torch.argsort(a[:5]), torch.argsort(b[:5])) or torch.allclose(a, b, atol=1e-2)
