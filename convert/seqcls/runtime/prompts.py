@@ -104,22 +104,39 @@ class PromptTemplate:
 
 
 def load_tokenizer(folder: Path) -> Any:
-    """A ``tokenizers.Tokenizer`` for the folder (tokenizer.json, else converted through transformers)."""
-    path = Path(folder) / "tokenizer.json"
-    if path.is_file():
+    """The ``tokenizers.Tokenizer`` that transformers' AutoTokenizer runs for this folder.
+
+    transformers 5 rebuilds the pre-tokenizer of some model types (Qwen2 splits digits one by one,
+    whatever tokenizer.json says), and transformers is the reference the scores must match, so its
+    backend tokenizer is used; tokenizer.json alone only where transformers is missing.
+    """
+    folder = Path(folder)
+    tok = None
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        AutoTokenizer = None
+    if AutoTokenizer is not None:
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            loaded = AutoTokenizer.from_pretrained(str(folder))
+        except Exception as exc:  # transformers raises many types for missing/odd tokenizer files
+            raise UsageError(f"{folder} has no usable tokenizer ({type(exc).__name__}: {exc}); copy the source model's tokenizer files into it.") from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        tok = getattr(loaded, "backend_tokenizer", None)
+        if tok is None:
+            raise UsageError(f"{folder} has only a slow tokenizer; save a fast one (tokenizer.json) into the folder.")
+    else:
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise UsageError(f"{folder} has no tokenizer.json; copy the source model's tokenizer files into it.")
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(path))
-    else:
-        try:
-            from transformers import AutoTokenizer
-
-            slow_or_fast = AutoTokenizer.from_pretrained(str(folder))
-        except Exception as exc:  # transformers raises many types for missing/odd tokenizer files
-            raise UsageError(f"{folder} has no usable tokenizer ({type(exc).__name__}: {exc}); copy the source model's tokenizer files into it.") from exc
-        tok = getattr(slow_or_fast, "backend_tokenizer", None)
-        if tok is None:
-            raise UsageError(f"{folder} has only a slow tokenizer; save a fast one (tokenizer.json) into the folder.")
     tok.no_truncation()
     tok.no_padding()
     return tok
