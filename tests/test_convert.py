@@ -305,3 +305,23 @@ def test_gemma2_softcapping_is_reported(tmp_path):
     result = seqcls.convert(str(src), output=tmp_path / "out", recipe=TWO_WAY)
     assert result.parity.passed
     assert any("soft-caps" in note for note in result.parity.notes)
+
+
+def test_inspect_reports_tied_head_candidates_and_recipes(tmp_path, capsys):
+    from factory import run_cli
+
+    src = build_model(tmp_path / "Qwen3-Reranker-tiny", "qwen3", tied=True)
+    proc = run_cli(capsys, "inspect", str(src), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["architectures"] == ["Qwen3ForCausalLM"] and info["target_architecture"] == "Qwen3ForSequenceClassification"
+    assert info["tied"] is True and info["lm_head_in_checkpoint"] is False
+    assert info["vocab_size"] == 512 and info["hidden_size"] == 64
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src))
+    assert info["single_token_answers"]["yes"] == tok.convert_tokens_to_ids("yes")
+    assert "yes!" not in info["single_token_answers"]
+    assert info["matching_recipes"] == ["qwen3"]
+    table = run_cli(capsys, "inspect", str(src))
+    assert table.returncode == 0 and "Qwen3ForSequenceClassification" in table.stdout

@@ -266,9 +266,29 @@ def test_packed_padded_and_shared_prefix_paths_agree(runtime_models):
     }.items():
         scorer = seqcls.Scorer(folder, device="cpu", **kwargs)
         results[name] = torch.tensor(scorer.score(queries, docs, raw=True).logits)
+    # the GPU default: prefix-free sequences as sorted padded batches through SDPA on the packed model
+    scorer = seqcls.Scorer(folder, device="cpu")
+    scorer.engine.replicas[0].dense = True
+    from seqcls.runtime.engine import PrefixGroup
+
+    layouts = {p.layout for p in scorer.engine.plan(scorer.tokenize(queries, docs), [PrefixGroup(list(range(len(docs))), 0)])}
+    assert layouts == {"padded"}
+    results["dense-batches"] = torch.tensor(scorer.score(queries, docs, raw=True).logits)
+    assert scorer.engine.replicas[0].config._attn_implementation == "seqcls_packed"
     base = results.pop("packed")
     for name, logits in results.items():
         assert torch.allclose(logits, base, atol=ATOL, rtol=0), name
+
+
+@pytest.mark.parametrize("arch, window", [("gemma2", None), ("mistral", 48), ("llama", None)])
+def test_dense_batches_fall_back_for_softcap_and_sliding_window(tmp_path, arch, window):
+    """The GPU's padded-batch layout (forced here on CPU) keeps soft-capped and windowed models exact."""
+    folder = seqcls_folder_without_converter(tmp_path / arch, arch, "qwen3", sliding_window=window)
+    scorer = seqcls.Scorer(folder, device="cpu")
+    scorer.engine.replicas[0].dense = True
+    queries, docs = _gpu_pairs()
+    got = torch.tensor(scorer.score(queries, docs, raw=True).logits)
+    assert torch.allclose(got, reference_logits(folder, queries, docs), atol=ATOL, rtol=0)
 
 
 def test_prefix_groups_and_packs():
@@ -296,7 +316,17 @@ def test_prefix_groups_and_packs():
     padded = plan_packs(seqs, [PrefixGroup(list(range(6)), 0)], budget=45, padded=True)
     assert all(len(p.seqs) * max(map(len, p.seqs)) <= 45 or len(p.seqs) == 1 for p in padded)
     prefixed = plan_packs([[5] * 10 + [1] * n for n in (3, 4)], [PrefixGroup([0, 1], 10)], budget=100, padded=False)
-    assert prefixed[0].prefix == (5,) * 10 and [len(s) for s in prefixed[0].seqs] == [4, 3]
+    assert prefixed[0].prefixes == [(5,) * 10] and [len(s) for s in prefixed[0].seqs] == [4, 3]
+    assert prefixed[0].prefix_of == [0, 0] and prefixed[0].tokens == 17 and prefixed[0].full(1) == [5] * 10 + [1] * 3
+    # several groups and loose sequences share one pack, each prefix once
+    mixed = [[5] * 10 + [1] * 3, [5] * 10 + [2] * 4, [6] * 12 + [1] * 2, [6] * 12 + [3] * 5, [9] * 7]
+    groups = [PrefixGroup([0, 1], 10), PrefixGroup([2, 3], 12), PrefixGroup([4], 0)]
+    (pack,) = plan_packs(mixed, groups, budget=100, padded=False)
+    assert pack.prefixes == [(5,) * 10, (6,) * 12] and pack.tokens == sum(map(len, mixed)) - 10 - 12
+    assert [pack.full(i) for i in range(5)] == [mixed[i] for i in pack.indices]
+    split = plan_packs(mixed, groups, budget=20, padded=False)
+    assert sorted(i for p in split for i in p.indices) == list(range(5))
+    assert all(p.full(k) == mixed[i] for p in split for k, i in enumerate(p.indices))
 
 
 def test_data_parallel_replicas_give_the_same_scores(runtime_models, qwen3_scorer):
@@ -352,6 +382,25 @@ def test_probabilities_raw_logits_usage_and_rerank(qwen3_scorer):
     assert [r.index for r in qwen3_scorer.rerank(QUERY, DOCS)] == sorted(range(len(DOCS)), key=lambda i: -result.scores[i])
     assert all(r.document is None for r in qwen3_scorer.rerank(QUERY, DOCS, return_documents=False))
     assert json.dumps(ranked.to_dict()) and json.dumps(result.to_dict())
+
+
+def test_score_tokens_matches_score_and_checks_ids(qwen3_scorer):
+    ids = qwen3_scorer.tokenize(QUERY, DOCS)
+    by_text = qwen3_scorer.score(QUERY, DOCS, raw=True).scores
+    by_ids = qwen3_scorer.score_tokens(ids, raw=True)
+    assert by_ids.scores == pytest.approx(by_text, abs=1e-6)
+    assert by_ids.usage.prompt_tokens == sum(map(len, ids))
+    import numpy as np
+
+    assert qwen3_scorer.score_tokens([np.array(ids[0])], raw=True).scores == pytest.approx(by_text[:1], abs=1e-6)
+    with pytest.raises(UsageError, match="non-empty"):
+        qwen3_scorer.score_tokens([[]])
+    with pytest.raises(UsageError, match="integer token ids"):
+        qwen3_scorer.score_tokens([["a", "b"]])
+    with pytest.raises(UsageError, match="outside this model's vocabulary"):
+        qwen3_scorer.score_tokens([[1, 2, 10**6]])
+    with pytest.raises(UsageError, match="empty"):
+        qwen3_scorer.score_tokens([])
 
 
 def test_instruction_override(runtime_models, qwen3_scorer):

@@ -4,26 +4,40 @@ The engine runs the stock backbone on one flat token stream ``[1, T]`` holding m
 per-sequence position ids. Attention is the one place that must know where sequences begin: this
 module registers an attention function (``ATTN_NAME``) with transformers' ``AttentionInterface``;
 it reads the pack layout from a thread-local ``PackContext`` and attends each sequence only to
-itself (and to a shared prefix's cached keys and values, when there is one):
+itself. Shared prefixes (system prompt + instruction + query) are sequences of the stream too,
+computed once per pack; every sequence that continues a prefix attends to the prefix's keys and
+values followed by its own (causal, bottom-right aligned), exactly as if it had been scored whole.
 
-* CUDA, fp16/bf16: one flash-attention varlen call per layer (``aten._flash_attention_forward``);
+* CUDA, fp16/bf16: one flash-attention varlen call per layer (``aten._flash_attention_forward``),
+  keys/values gathered per sequence when there is a prefix;
 * otherwise (CPU, fp32, soft-capping): scaled-dot-product attention per sequence, exact.
 
-Since no mask function is registered for the name, transformers builds no mask at all.
+Since no mask function is registered for the name, transformers builds no mask at all. Outside a
+packed pass (``current()`` is None) the function is transformers' SDPA attention.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 ATTN_NAME = "seqcls_packed"
+DENSE_NAME = "seqcls_dense"  # padded batches: transformers' SDPA attention, but no mask building (no host sync)
 _LOCAL = threading.local()
 _REGISTERED = False
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``; through pinned memory on CUDA so the copy does not stall the host."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 @dataclass
@@ -31,54 +45,58 @@ class PackContext:
     """Layout of one packed forward pass.
 
     Attributes:
-        starts, lengths: where each sequence's tokens sit in the stream (python ints).
-        prefix_len: tokens of the shared prefix every sequence continues (0 for none).
-        prefix_k, prefix_v: per-layer cached keys/values of the prefix, ``[P, kv_heads, dim]``.
-        record: when True (the prefix pass), store this pass's keys/values as the prefix cache.
+        starts, lengths: where each sequence's tokens sit in the stream (python ints). Shared prefixes
+            are sequences of the stream too.
+        prefix_starts, prefix_lens: for each sequence, the stream span of the prefix it continues
+            (length 0 for none); its keys/values are that span followed by its own.
         use_flash: run the CUDA varlen kernel.
         cu_q, cu_k, max_q, max_k, kv_index: the varlen kernel's arguments (built on the device).
     """
 
     starts: list[int]
     lengths: list[int]
-    prefix_len: int = 0
-    prefix_k: list[torch.Tensor] = field(default_factory=list)
-    prefix_v: list[torch.Tensor] = field(default_factory=list)
-    record: bool = False
+    prefix_starts: list[int]
+    prefix_lens: list[int]
     use_flash: bool = False
     cu_q: torch.Tensor | None = None
     cu_k: torch.Tensor | None = None
     max_q: int = 0
     max_k: int = 0
     kv_index: torch.Tensor | None = None
-    layer: int = 0
+
+    @property
+    def has_prefix(self) -> bool:
+        return any(self.prefix_lens)
 
     @classmethod
-    def build(cls, lengths: list[int], device: torch.device, *, use_flash: bool, prefix_len: int = 0,
-              prefix_k: list[torch.Tensor] | None = None, prefix_v: list[torch.Tensor] | None = None,
-              record: bool = False) -> "PackContext":
-        starts, total = [], 0
-        for n in lengths:
-            starts.append(total)
-            total += n
-        ctx = cls(starts, list(lengths), prefix_len, prefix_k or [], prefix_v or [], record, use_flash)
+    def build(cls, lengths: list[int], device: torch.device, *, use_flash: bool,
+              prefixes: list[tuple[int, int]] | None = None) -> "PackContext":
+        """Layout for sequences of ``lengths``; ``prefixes[i]`` is the (start, length) in the stream of
+        the prefix sequence ``i`` continues, or (0, 0)."""
+        lens = np.asarray(lengths, dtype=np.int64)
+        starts = np.zeros_like(lens)
+        np.cumsum(lens[:-1], out=starts[1:])
+        spans = prefixes or [(0, 0)] * len(lengths)
+        p_starts = np.asarray([a for a, _ in spans], dtype=np.int64)
+        p_lens = np.asarray([b for _, b in spans], dtype=np.int64)
+        ctx = cls(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist(), use_flash)
         if use_flash:
-            cu_q = [0]
-            cu_k = [0]
-            for n in lengths:
-                cu_q.append(cu_q[-1] + n)
-                cu_k.append(cu_k[-1] + n + prefix_len)
-            ctx.cu_q = torch.tensor(cu_q, dtype=torch.int32, device=device)
-            ctx.cu_k = torch.tensor(cu_k, dtype=torch.int32, device=device)
-            ctx.max_q = max(lengths)
-            ctx.max_k = max(lengths) + prefix_len
-            if prefix_len:
-                # keys/values of sequence i = prefix rows [0, P) then its own rows, in cat([prefix, stream])
-                index = []
-                for start, n in zip(starts, lengths):
-                    index.extend(range(prefix_len))
-                    index.extend(range(prefix_len + start, prefix_len + start + n))
-                ctx.kv_index = torch.tensor(index, dtype=torch.long, device=device)
+            kv_lens = lens + p_lens
+            cu_q = np.zeros(len(lens) + 1, dtype=np.int32)
+            np.cumsum(lens, out=cu_q[1:])
+            cu_k = np.zeros(len(lens) + 1, dtype=np.int32)
+            np.cumsum(kv_lens, out=cu_k[1:])
+            ctx.cu_q = to_device(cu_q, device)
+            ctx.cu_k = to_device(cu_k, device)
+            ctx.max_q = int(lens.max())
+            ctx.max_k = int(kv_lens.max())
+            if p_lens.any():
+                # keys/values of each sequence: its prefix's rows, then its own rows
+                index = np.concatenate([
+                    np.concatenate([np.arange(a, a + b), np.arange(s, s + n)]) if b else np.arange(s, s + n)
+                    for s, n, a, b in zip(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist())
+                ])
+                ctx.kv_index = to_device(index, device)
         return ctx
 
 
@@ -94,7 +112,6 @@ class active:
 
     def __enter__(self) -> PackContext:
         self.previous = current()
-        self.ctx.layer = 0
         _LOCAL.ctx = self.ctx
         return self.ctx
 
@@ -112,7 +129,7 @@ def flash_supported(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
     return major >= 8 and hasattr(torch.ops.aten, "_flash_attention_forward")
 
 
-def _window_mask(q_len: int, prefix: int, window: int | None, device: torch.device) -> torch.Tensor:
+def _causal_mask(q_len: int, prefix: int, window: int | None, device: torch.device) -> torch.Tensor:
     """Boolean [q_len, prefix + q_len] mask: causal, bottom-right aligned, optional sliding window."""
     q_pos = torch.arange(q_len, device=device).unsqueeze(1) + prefix
     k_pos = torch.arange(prefix + q_len, device=device).unsqueeze(0)
@@ -125,25 +142,27 @@ def _window_mask(q_len: int, prefix: int, window: int | None, device: torch.devi
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, scaling: float,
                 window: int | None, softcap: float | None) -> torch.Tensor:
     """One sequence: q [H, L, D], k/v [KVH, P+L, D] -> [L, H, Dv]."""
+    q_len, kv_len = q.shape[1], k.shape[1]
+    if softcap is None:
+        # contiguous 4-D inputs and native GQA take the fused (flash) SDPA kernel on CPU, not the math one
+        q4, k4, v4 = q.contiguous()[None], k.contiguous()[None], v.contiguous()[None]
+        gqa = q.shape[0] != k.shape[0]
+        if prefix == 0 and (window is None or window >= kv_len):
+            out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=gqa)
+        else:
+            mask = torch.zeros(q_len, kv_len, dtype=q.dtype, device=q.device)
+            mask.masked_fill_(~_causal_mask(q_len, prefix, window, q.device), float("-inf"))
+            out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+        return out[0].transpose(0, 1)
     groups = q.shape[0] // k.shape[0]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=0)
         v = v.repeat_interleave(groups, dim=0)
-    q_len, kv_len = q.shape[1], k.shape[1]
-    plain_causal = prefix == 0 and (window is None or window >= kv_len)
-    if softcap is None:
-        if plain_causal:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
-        else:
-            mask = _window_mask(q_len, prefix, window, q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-    else:  # as transformers' eager attention: scale, soft-cap, mask, softmax in fp32
-        scores = torch.matmul(q, k.transpose(1, 2)) * scaling
-        scores = torch.tanh(scores / softcap) * softcap
-        mask = _window_mask(q_len, prefix, window, q.device)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v)
+    # as transformers' eager attention: scale, soft-cap, mask, softmax in fp32
+    scores = torch.matmul(q, k.transpose(1, 2)) * scaling
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~_causal_mask(q_len, prefix, window, q.device), torch.finfo(scores.dtype).min)
+    out = torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
     return out.transpose(0, 1)
 
 
@@ -158,21 +177,15 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       sliding_window=sliding_window, softcap=softcap, **kwargs)
-    layer = ctx.layer
-    ctx.layer += 1
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     q = query[0].transpose(0, 1)  # [T, H, D]
     k = key[0].transpose(0, 1)  # [T, KVH, D]
     v = value[0].transpose(0, 1)
-    if ctx.record:
-        ctx.prefix_k.append(k.contiguous())
-        ctx.prefix_v.append(v.contiguous())
-    prefix = ctx.prefix_len
     if ctx.use_flash and softcap is None:
-        if prefix:
-            k = torch.cat([ctx.prefix_k[layer], k]).index_select(0, ctx.kv_index)
-            v = torch.cat([ctx.prefix_v[layer], v]).index_select(0, ctx.kv_index)
+        if ctx.kv_index is not None:
+            k = k.index_select(0, ctx.kv_index)
+            v = v.index_select(0, ctx.kv_index)
         window = -1 if sliding_window is None else int(sliding_window) - 1
         out = torch.ops.aten._flash_attention_forward(
             q.contiguous(), k.contiguous(), v.contiguous(), ctx.cu_q, ctx.cu_k, ctx.max_q, ctx.max_k,
@@ -180,25 +193,35 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         )[0]
         return out.unsqueeze(0), None
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-    pk = ctx.prefix_k[layer] if prefix else None
-    pv = ctx.prefix_v[layer] if prefix else None
-    for start, n in zip(ctx.starts, ctx.lengths):
+    for start, n, p_start, shared in zip(ctx.starts, ctx.lengths, ctx.prefix_starts, ctx.prefix_lens):
         qi = q[start:start + n].transpose(0, 1)
-        ki = k[start:start + n]
-        vi = v[start:start + n]
-        if prefix:
-            ki = torch.cat([pk, ki])
-            vi = torch.cat([pv, vi])
-        out[start:start + n] = _attend_one(qi, ki.transpose(0, 1), vi.transpose(0, 1), prefix, scaling, sliding_window, softcap)
+        ki, vi = k[start:start + n], v[start:start + n]
+        if shared:
+            ki = torch.cat([k[p_start:p_start + shared], ki])
+            vi = torch.cat([v[p_start:p_start + shared], vi])
+        out[start:start + n] = _attend_one(qi, ki.transpose(0, 1), vi.transpose(0, 1), shared, scaling, sliding_window, softcap)
     return out.unsqueeze(0), None
 
 
+def dense_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Right-padded batches without a mask: causal SDPA (padding comes after every real token, so real
+    tokens never see it). Registered without a mask function, so transformers builds no mask and never
+    inspects position ids on the host (which would synchronise with the GPU every pass)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if kwargs.get("softcap") is not None:
+        raise RuntimeError("seqcls dense attention does not support soft-capping; use the packed layout")
+    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+
 def register() -> str:
-    """Register ``packed_attention`` with transformers (once) and return its implementation name."""
+    """Register the packed and dense attention functions with transformers (once); returns the packed name."""
     global _REGISTERED
     if not _REGISTERED:
         from transformers import AttentionInterface
 
         AttentionInterface.register(ATTN_NAME, packed_attention)
+        AttentionInterface.register(DENSE_NAME, dense_attention)
         _REGISTERED = True
     return ATTN_NAME

@@ -17,33 +17,54 @@ is applied in float32. Several GPUs: one engine per device, packs handed out by 
 from __future__ import annotations
 
 import threading
+from collections import deque
+from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .attention import PackContext, active, flash_supported, register
+from .attention import ATTN_NAME, DENSE_NAME, PackContext, active, flash_supported, register, to_device
 
 BACKENDS = ("auto", "packed", "padded")
 DEFAULT_BUDGET = {("cuda", "packed"): 65536, ("cuda", "padded"): 65536, ("cpu", "packed"): 4096, ("cpu", "padded"): 4096}
 MIN_PREFIX = 8
+MAX_PADDING = 0.15  # padded (dense-attention) batches only when padding is at most this share of the batch
 
 
 @dataclass
 class Pack:
-    """One forward pass worth of sequences (token ids after the shared prefix, if any)."""
+    """One forward pass worth of sequences.
+
+    ``seqs[i]`` holds the token ids of sequence ``indices[i]`` after its shared prefix
+    ``prefixes[prefix_of[i]]`` (``prefix_of[i] == -1``: no prefix, the whole sequence). ``layout`` is
+    ``packed`` (one flat stream, varlen attention) or ``padded`` (a right-padded batch of similar
+    lengths, dense attention; no prefixes).
+    """
 
     indices: list[int]
     seqs: list[list[int]]
-    prefix: tuple[int, ...] = ()
+    prefixes: list[tuple[int, ...]] = field(default_factory=list)
+    prefix_of: list[int] = field(default_factory=list)
+    layout: str = "packed"
+
+    def __post_init__(self) -> None:
+        if not self.prefix_of:
+            self.prefix_of = [-1] * len(self.seqs)
 
     @property
     def tokens(self) -> int:
-        return sum(len(s) for s in self.seqs)
+        return sum(len(s) for s in self.seqs) + sum(len(p) for p in self.prefixes)
+
+    def full(self, i: int) -> list[int]:
+        """The whole token ids of the pack's ``i``-th sequence (prefix included)."""
+        j = self.prefix_of[i]
+        return list(self.prefixes[j]) + list(self.seqs[i]) if j >= 0 else list(self.seqs[i])
 
 
 @dataclass
@@ -117,43 +138,66 @@ def find_prefix_groups(sequences: Sequence[Sequence[int]], min_prefix: int = MIN
     return groups
 
 
-def plan_packs(sequences: Sequence[Sequence[int]], groups: Sequence[PrefixGroup], budget: int, padded: bool) -> list[Pack]:
+def plan_packs(sequences: Sequence[Sequence[int]], groups: Sequence[PrefixGroup], budget: int, padded: bool,
+               padded_loose: bool = False) -> list[Pack]:
     """Length-sorted packs under a token budget.
 
-    Packed: the tokens of a pack sum to at most ``budget``. Padded: batch size times the longest
-    sequence stays within ``budget``. A sequence longer than the budget gets a pack of its own.
-    Sequences with a shared prefix are packed with their group only (the prefix is cached per pack).
+    Packed: the tokens of a pack (prefixes counted once) sum to at most ``budget``; sequences of
+    several prefix groups and prefix-free ones share packs, each group's prefix computed once per pack
+    it appears in. Padded: batch size times the longest sequence stays within ``budget`` (prefixes are
+    not used). ``padded_loose`` makes the prefix-free sequences padded batches (dense attention), kept
+    only where padding stays under ``MAX_PADDING``. A sequence longer than the budget gets a pack of
+    its own.
     """
+    if padded:
+        return _fill_padded(sequences, [i for g in groups for i in g.indices], budget)
     packs: list[Pack] = []
-    loose: list[int] = []
-    for group in groups:
-        if group.length:
-            packs.extend(_fill(sequences, group.indices, budget, padded, group.length))
-        else:
-            loose.extend(group.indices)
-    packs.extend(_fill(sequences, loose, budget, padded, 0))
+    loose = [i for g in groups if not g.length for i in g.indices]
+    shared = [g for g in groups if g.length]
+    if padded_loose:
+        for pack in _fill_padded(sequences, loose, budget):
+            lengths = [len(x) for x in pack.seqs]
+            if sum(lengths) >= (1 - MAX_PADDING) * len(lengths) * max(lengths):
+                packs.append(pack)
+            else:  # too ragged for a padded batch: varlen attention wastes less
+                shared.append(PrefixGroup(pack.indices, 0))
+        loose = []
+    items: list[tuple[int, int]] = []  # (group number, sequence index), longest first within a group
+    for number, group in enumerate(shared):
+        items += [(number, i) for i in sorted(group.indices, key=lambda i: len(sequences[i]), reverse=True)]
+    items += [(-1, i) for i in sorted(loose, key=lambda i: len(sequences[i]), reverse=True)]
+    current: Pack | None = None
+    slot: dict[int, int] = {}
+    for number, i in items:
+        p = shared[number].length if number >= 0 else 0
+        cost = len(sequences[i]) - p + (p if p and number not in slot else 0)
+        if current is None or (current.seqs and current.tokens + cost > budget):
+            current = Pack([], [], layout="packed")
+            packs.append(current)
+            slot = {}
+        if p and number not in slot:
+            slot[number] = len(current.prefixes)
+            current.prefixes.append(tuple(sequences[i][:p]))
+        current.indices.append(i)
+        current.seqs.append(sequences[i][p:] if p else sequences[i])
+        current.prefix_of.append(slot[number] if p else -1)
     return packs
 
 
-def _fill(sequences: Sequence[Sequence[int]], indices: list[int], budget: int, padded: bool, prefix_len: int) -> list[Pack]:
-    if not indices:
-        return []
-    order = sorted(indices, key=lambda i: len(sequences[i]), reverse=True)
-    prefix = tuple(sequences[order[0]][:prefix_len]) if prefix_len else ()
+def _fill_padded(sequences: Sequence[Sequence[int]], indices: list[int], budget: int) -> list[Pack]:
+    """Right-padded batches of length-sorted sequences, batch size x longest <= budget."""
     packs: list[Pack] = []
     current: list[int] = []
-    used = 0
     longest = 0
-    for i in order:
-        n = len(sequences[i]) - prefix_len
-        cost = (len(current) + 1) * max(longest, n) if padded else used + n
-        if current and cost > budget:
-            packs.append(Pack(current, [list(sequences[j][prefix_len:]) for j in current], prefix))
-            current, used, longest = [], 0, 0
+    for i in sorted(indices, key=lambda i: len(sequences[i]), reverse=True):
+        n = len(sequences[i])
+        if current and (len(current) + 1) * max(longest, n) > budget:
+            packs.append(Pack(current, [sequences[j] for j in current], layout="padded"))
+            current, longest = [], 0
         current.append(i)
-        used += n
         longest = max(longest, n)
-    packs.append(Pack(current, [list(sequences[j][prefix_len:]) for j in current], prefix))
+    if current:
+        packs.append(Pack(current, [sequences[j] for j in current], layout="padded"))
     return packs
 
 
@@ -206,13 +250,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 # ---------------------------------------------------------------- one device
 
 
-@dataclass
-class _PrefixState:
-    key: tuple[int, ...]
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-
-
 def _load_model(path: str, device: torch.device, dtype: torch.dtype, attn: str | None) -> Any:
     import transformers
     from transformers import AutoModelForSequenceClassification
@@ -226,7 +263,7 @@ def _load_model(path: str, device: torch.device, dtype: torch.dtype, attn: str |
         kwargs["attn_implementation"] = attn
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except (ValueError, KeyError, OSError, ImportError) as exc:
+    except Exception as exc:  # transformers raises many types for folders it cannot load
         raise UsageError(
             f"transformers {transformers.__version__} cannot load {path} as a sequence-classification model "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); upgrade transformers or re-convert the model."
@@ -256,6 +293,7 @@ class DeviceEngine:
     """
 
     def __init__(self, path: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", compile: bool | str = "auto"):
+        requested = backend
         if backend not in BACKENDS:
             raise UsageError(f"Unknown backend {backend!r}; use auto, packed or padded.")
         self.device = device
@@ -276,6 +314,7 @@ class DeviceEngine:
         self.config = model.config
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.pad_id = text_config.pad_token_id if text_config.pad_token_id is not None else 0
+        self.vocab_size = int(text_config.vocab_size)
         self.backbone = getattr(model, model.base_model_prefix)
         self.final_norm = getattr(self.backbone, "norm", None)
         if self.final_norm is not None:
@@ -288,7 +327,14 @@ class DeviceEngine:
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         self.use_flash = self.backend == "packed" and flash_supported(device, dtype, head_dim)
         self.supports_prefix = self.backend == "packed"
-        self._prefix: _PrefixState | None = None
+        # On CUDA, prefix-free sequences run as length-sorted right-padded batches with dense attention
+        # (cuDNN/flash SDPA, several times faster per FLOP than varlen flash on short sequences);
+        # packs that share a prefix stay packed. backend="packed" forces varlen packing throughout.
+        self.softcap = getattr(text_config, "attn_logit_softcapping", None)
+        window = getattr(text_config, "sliding_window", None)
+        layer_types = getattr(text_config, "layer_types", None)
+        self.window = int(window) if window and (not layer_types or "sliding_attention" in layer_types) else None
+        self.dense = self.backend == "packed" and requested == "auto" and device.type == "cuda" and self.softcap is None
         self.compiled = False
         if compile == "auto":
             compile = device.type == "cuda" and _has_triton()
@@ -306,41 +352,41 @@ class DeviceEngine:
 
     # -- forward passes
 
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise UsageError(f"Token id {bad} is outside this model's vocabulary (0..{self.vocab_size - 1}); tokenise with the model's own tokenizer.")
+
     def _head(self, last_hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:
             last_hidden = self.final_norm(last_hidden)
         return F.linear(last_hidden.float(), self.head_weight, self.head_bias)
 
-    def _stream(self, seqs: Sequence[Sequence[int]], offset: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def _stream(self, seqs: Sequence[Sequence[int]], offsets: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         lengths = [len(s) for s in seqs]
-        flat = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=sum(lengths))
-        positions = np.concatenate([np.arange(offset, offset + n, dtype=np.int64) for n in lengths])
-        ids = torch.from_numpy(flat).to(self.device, non_blocking=True)
-        pos = torch.from_numpy(positions).to(self.device, non_blocking=True)
-        return ids, pos, lengths
+        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=sum(lengths))
+        self._check_ids(flat)
+        positions = np.concatenate([np.arange(o, o + n, dtype=np.int64) for o, n in zip(offsets, lengths)])
+        return to_device(flat, self.device), to_device(positions, self.device), lengths
 
-    def _prefix_state(self, prefix: tuple[int, ...]) -> _PrefixState:
-        if self._prefix is not None and self._prefix.key == prefix:
-            return self._prefix
-        ids, pos, lengths = self._stream([prefix], 0)
-        ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, record=True)
-        with active(ctx):
-            self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False)
-        self._prefix = _PrefixState(prefix, ctx.prefix_k, ctx.prefix_v)
-        return self._prefix
-
-    def forward_packed(self, seqs: Sequence[Sequence[int]], prefix: tuple[int, ...] = ()) -> torch.Tensor:
-        """Logits [len(seqs), num_labels] (float32) of one packed pass; ``seqs`` continue ``prefix``."""
-        state = self._prefix_state(prefix) if prefix else None
-        ids, pos, lengths = self._stream(seqs, len(prefix))
-        ctx = PackContext.build(
-            lengths, self.device, use_flash=self.use_flash, prefix_len=len(prefix),
-            prefix_k=state.keys if state else None, prefix_v=state.values if state else None,
-        )
+    def forward_packed(self, seqs: Sequence[Sequence[int]], prefixes: Sequence[Sequence[int]] = (),
+                       prefix_of: Sequence[int] | None = None) -> torch.Tensor:
+        """Logits [len(seqs), num_labels] (float32) of one packed pass. ``seqs[i]`` continues
+        ``prefixes[prefix_of[i]]`` (-1: none); each prefix is computed once, as a sequence of the stream."""
+        prefix_of = list(prefix_of) if prefix_of is not None else [-1] * len(seqs)
+        stream = [*prefixes, *seqs]
+        spans, start = [], 0
+        for p in prefixes:
+            spans.append((start, len(p)))
+            start += len(p)
+        seq_spans = [spans[j] if j >= 0 else (0, 0) for j in prefix_of]
+        offsets = [0] * len(prefixes) + [n for _, n in seq_spans]
+        ids, pos, lengths = self._stream(stream, offsets)
+        ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans)
         with active(ctx):
             hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
-        ends = torch.tensor(np.cumsum(lengths) - 1, device=self.device)
-        return self._head(hidden.index_select(0, ends))
+        ends = np.cumsum(lengths)[len(prefixes):] - 1
+        return self._head(hidden.index_select(0, to_device(ends, self.device)))
 
     def forward_padded(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits of one right-padded batch (causal attention never lets real tokens see the padding)."""
@@ -349,20 +395,70 @@ class DeviceEngine:
         batch = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
         for row, s in enumerate(seqs):
             batch[row, : len(s)] = s
-        ids = torch.from_numpy(batch).to(self.device)
-        hidden = self.backbone(input_ids=ids, use_cache=False).last_hidden_state
+        self._check_ids(batch)
+        with self._dense_attention():
+            hidden = self.backbone(input_ids=to_device(batch, self.device), use_cache=False).last_hidden_state
         rows = torch.arange(len(seqs), device=self.device)
-        ends = torch.tensor(lengths, device=self.device) - 1
+        ends = to_device(np.asarray(lengths, dtype=np.int64) - 1, self.device)
         return self._head(hidden[rows, ends])
+
+    @contextmanager
+    def _dense_attention(self) -> Iterator[None]:
+        """Run a padded batch on a packed-path model: transformers' own SDPA attention (no graph break
+        under torch.compile), cuDNN first on CUDA."""
+        if self.backend != "packed":
+            yield
+            return
+        config = self.config
+        config._attn_implementation = DENSE_NAME
+        try:
+            if self.device.type == "cuda":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+                try:
+                    context = sdpa_kernel(order, set_priority=True)
+                except TypeError:  # older torch: no priority order
+                    context = sdpa_kernel(order)
+                with context:
+                    yield
+            else:
+                yield
+        finally:
+            config._attn_implementation = ATTN_NAME
+
+    def launch(self, pack: Pack) -> torch.Tensor:
+        """Queue one pack's forward pass; returns its logits on the device (not yet synchronised)."""
+        if self.backend == "packed" and (
+            pack.layout == "packed" or self.softcap is not None
+            or (self.window is not None and max(map(len, pack.seqs)) > self.window)
+        ):
+            return self.forward_packed(pack.seqs, pack.prefixes, pack.prefix_of)
+        seqs = [pack.full(i) for i in range(len(pack.seqs))] if pack.prefixes else pack.seqs
+        return self.forward_padded(seqs)
 
     def run_pack(self, pack: Pack) -> np.ndarray:
         with torch.inference_mode():
-            if self.backend == "packed":
-                logits = self.forward_packed(pack.seqs, pack.prefix)
-            else:
-                seqs = [list(pack.prefix) + s for s in pack.seqs] if pack.prefix else pack.seqs
-                logits = self.forward_padded(seqs)
-        return logits.cpu().numpy()
+            return self.launch(pack).cpu().numpy()
+
+    def run_stream(self, take: Callable[[], Pack | None], deliver: Callable[[Pack, np.ndarray], None], depth: int = 2) -> None:
+        """Run packs from ``take()`` until it returns None, keeping up to ``depth`` packs queued on the
+        device so that preparing the next pack overlaps the current one's GPU work."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        inflight: deque[tuple[Pack, torch.Tensor]] = deque()
+        with torch.inference_mode():
+            while True:
+                pack = take()
+                if pack is None:
+                    break
+                inflight.append((pack, self.launch(pack)))
+                if len(inflight) >= depth:
+                    done, logits = inflight.popleft()
+                    deliver(done, logits.cpu().numpy())
+            while inflight:
+                done, logits = inflight.popleft()
+                deliver(done, logits.cpu().numpy())
 
 
 def _has_triton() -> bool:
@@ -407,35 +503,30 @@ class Engine:
     def plan(self, sequences: Sequence[Sequence[int]], groups: Sequence[PrefixGroup]) -> list[Pack]:
         if not self.supports_prefix:
             groups = [PrefixGroup(g.indices, 0) for g in groups]
-        return plan_packs(sequences, groups, self.batch_tokens, padded=self.backend == "padded")
+        return plan_packs(sequences, groups, self.batch_tokens, padded=self.backend == "padded", padded_loose=self.replicas[0].dense)
 
     def run(self, packs: Sequence[Pack], count: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Logits [count, num_labels] (float32) for the sequences the packs cover."""
+        """Logits [count, num_labels] (float32) for the sequences the packs cover; with several replicas
+        each worker thread takes the next pack as soon as its device has room."""
         out = np.zeros((count, self.num_labels), dtype=np.float32)
-        if len(self.replicas) == 1 or len(packs) == 1:
-            for pack in packs:
-                out[pack.indices] = self.replicas[0].run_pack(pack)
+        lock = threading.Lock()
+        queue = deque(packs)
+
+        def take() -> Pack | None:
+            with lock:
+                return queue.popleft() if queue else None
+
+        def deliver(pack: Pack, logits: np.ndarray) -> None:
+            with lock:
+                out[pack.indices] = logits
                 if progress:
                     progress(len(pack.indices))
+
+        replicas = self.replicas[: max(1, min(len(self.replicas), len(packs)))]
+        if len(replicas) == 1:
+            replicas[0].run_stream(take, deliver)
             return out
-        lock = threading.Lock()
-        queue = list(reversed(packs))
-
-        def worker(replica: DeviceEngine) -> None:
-            if replica.device.type == "cuda":
-                torch.cuda.set_device(replica.device)
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    pack = queue.pop()
-                logits = replica.run_pack(pack)
-                with lock:
-                    out[pack.indices] = logits
-                    if progress:
-                        progress(len(pack.indices))
-
-        with ThreadPoolExecutor(len(self.replicas)) as pool:
-            for future in [pool.submit(worker, r) for r in self.replicas]:
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            for future in [pool.submit(r.run_stream, take, deliver) for r in replicas]:
                 future.result()
         return out

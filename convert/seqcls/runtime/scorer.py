@@ -270,11 +270,17 @@ class Scorer:
                      progress: Callable[[int, int], None] | None = None) -> ScoreResult:
         """Score pre-tokenised prompts (already rendered with the template); shared prefixes are found
         from the ids. No truncation: a prompt over ``max_length`` raises UsageError."""
+        if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
+            raise UsageError("token_ids must be a list of token-id lists.")
         seqs = []
         for i, ids in enumerate(token_ids):
+            if hasattr(ids, "tolist") and not isinstance(ids, list):
+                ids = ids.tolist()  # numpy arrays and tensors
             if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:
                 raise UsageError(f"token_ids[{i}] must be a non-empty list of token ids.")
-            seqs.append([int(t) for t in ids])
+            if not isinstance(ids[0], int) or not isinstance(ids[-1], int) or isinstance(ids[0], bool):
+                raise UsageError(f"token_ids[{i}] must hold integer token ids, not {type(ids[0]).__name__}.")
+            seqs.append(ids if isinstance(ids, list) else list(ids))
         if not seqs:
             raise UsageError("token_ids is empty; pass at least one prompt.")
         for i, s in enumerate(seqs):
