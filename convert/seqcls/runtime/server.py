@@ -43,10 +43,7 @@ from .batcher import Batcher, grouped_logits
 
 log = logging.getLogger("seqcls.serve")
 
-DEFAULT_MAX_DOCUMENTS = 1000
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-DEFAULT_MAX_CONCURRENT = 512
-DEFAULT_BATCH_WINDOW_MS = 2.0
+from .limits import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_DOCUMENTS  # noqa: E402
 SCORING_PATHS = frozenset({"/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"})
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 ERROR_TYPES = {
