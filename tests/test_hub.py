@@ -123,7 +123,7 @@ def _copy(folder: Path, tmp_path: Path, name: str = "copy") -> Path:
 # ------------------------------------------------------------------------------------------- round trip
 
 
-def test_round_trip_convert_push_pull_verify_and_cross_encoder(hub, env, converted, source_repo, workdir):
+def test_round_trip_convert_push_pull_verify_score_and_cross_encoder(hub, env, converted, source_repo, workdir):
     prov = json.loads((converted / "config.json").read_text())["seqcls"]
     assert (prov["source"], prov["source_kind"], prov["revision"]) == (SOURCE, "hub", source_repo["sha"])
 
@@ -152,7 +152,8 @@ def test_round_trip_convert_push_pull_verify_and_cross_encoder(hub, env, convert
         f"pairs = {PAIRS!r}\n"
         f"hub_scores = CrossEncoder({TARGET!r}, device='cpu').predict(pairs).tolist()\n"
         f"local_scores = CrossEncoder({str(converted)!r}, device='cpu').predict(pairs).tolist()\n"
-        "print('RESULT ' + json.dumps({'passed': report.passed, 'source': report.source, 'hub': hub_scores, 'local': local_scores}))\n"
+        f"scorer = seqcls.Scorer({TARGET!r}, device='cpu').score([p[0] for p in pairs], [p[1] for p in pairs]).scores\n"
+        "print('RESULT ' + json.dumps({'passed': report.passed, 'source': report.source, 'hub': hub_scores, 'local': local_scores, 'scorer': scorer}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     _no_secret(proc.stdout, proc.stderr)
@@ -160,6 +161,7 @@ def test_round_trip_convert_push_pull_verify_and_cross_encoder(hub, env, convert
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     assert result["passed"] is True and result["source"] == SOURCE
     assert result["hub"] == result["local"] and len(result["hub"]) == 2
+    assert max(abs(a - b) for a, b in zip(result["scorer"], result["hub"])) <= 1e-5  # seqcls scoring from the repo id
     assert (pulled / "model.safetensors").read_bytes() == local["model.safetensors"]
 
 
