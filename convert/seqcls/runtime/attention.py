@@ -166,6 +166,23 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, 
     return out.transpose(0, 1)
 
 
+class _single_thread:
+    """Many small per-sequence ops: on CPU one thread does them faster than a team meeting at a barrier
+    after each op (which is what costs most on a busy machine); the large matmuls keep every thread."""
+
+    def __init__(self, device: torch.device):
+        self.active = device.type == "cpu" and torch.get_num_threads() > 1
+
+    def __enter__(self) -> None:
+        if self.active:
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.active:
+            torch.set_num_threads(self.threads)
+
+
 @torch.compiler.disable
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
@@ -193,6 +210,13 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         )[0]
         return out.unsqueeze(0), None
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+    with _single_thread(q.device):
+        _attend_each(ctx, q, k, v, out, scaling, sliding_window, softcap)
+    return out.unsqueeze(0), None
+
+
+def _attend_each(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 scaling: float, sliding_window: int | None, softcap: float | None) -> None:
     for start, n, p_start, shared in zip(ctx.starts, ctx.lengths, ctx.prefix_starts, ctx.prefix_lens):
         qi = q[start:start + n].transpose(0, 1)
         ki, vi = k[start:start + n], v[start:start + n]
@@ -200,7 +224,6 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             ki = torch.cat([k[p_start:p_start + shared], ki])
             vi = torch.cat([v[p_start:p_start + shared], vi])
         out[start:start + n] = _attend_one(qi, ki.transpose(0, 1), vi.transpose(0, 1), shared, scaling, sliding_window, softcap)
-    return out.unsqueeze(0), None
 
 
 def dense_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

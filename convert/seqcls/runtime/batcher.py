@@ -3,12 +3,12 @@
 Requests arrive already tokenised (every per-request option, instruction and truncation included, is
 applied by ``Scorer.tokenize``), so any set of queued requests can share one engine call: the worker
 takes what is queued (waiting at most ``window_s`` after the oldest arrival for company, and never
-more than ``max_tokens`` tokens unless one request alone is larger), runs them together and hands each
-request its rows of logits.
+more than ``max_tokens`` tokens unless one request alone is larger), scores them together with
+``Scorer.score_tokens`` (which also shares prompt prefixes across requests) and hands each request its
+rows of logits.
 
-Shared prefixes are searched within each request only (``grouped_logits``), exactly as a direct
-``Scorer.score`` call of that request would, so a request scored alone in a batch gets bit-identical
-logits, and one batched with others differs at most by fp32 rounding of a differently composed pack.
+A request alone in its batch is scored exactly as ``Scorer.score`` scores it (bit-identical); batched
+with others, its fp32 logits may differ by rounding of the differently composed packs (~1e-7).
 """
 
 from __future__ import annotations
@@ -19,39 +19,18 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 log = logging.getLogger("seqcls.serve")
 
 
-def grouped_logits(scorer: Any, requests: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
-    """Logits [pairs, num_labels] (float32) of several requests' token ids in one engine call.
-
-    Mirrors ``Scorer.score_tokens`` but looks for shared prefixes within each request only, so the
-    prefix groups (and the packs they make) are those of a direct call of each request. Falls back to
-    ``score_tokens`` on the concatenation for scorers without the packed engine's planning API.
-    """
-    flat = [list(s) for req in requests for s in req]
-    engine = getattr(scorer, "engine", None)
-    if engine is None or not (hasattr(engine, "plan") and hasattr(engine, "run")):
-        result = scorer.score_tokens(flat, raw=True)
-        return np.asarray(result.logits, dtype=np.float32).reshape(len(flat), -1)
-    from .engine import PrefixGroup, find_prefix_groups
-
-    share = bool(getattr(scorer, "shared_prefix", True)) and bool(getattr(engine, "supports_prefix", False))
-    groups: list[Any] = []
-    offset = 0
-    for req in requests:
-        n = len(req)
-        if share:
-            for g in find_prefix_groups([flat[offset + i] for i in range(n)]):
-                groups.append(PrefixGroup([offset + i for i in g.indices], g.length))
-        else:
-            groups.append(PrefixGroup(list(range(offset, offset + n)), 0))
-        offset += n
-    return np.asarray(engine.run(engine.plan(flat, groups), len(flat)))
+def batch_logits(scorer: Any, requests: list[list[list[int]]]) -> np.ndarray:
+    """Logits [pairs, num_labels] of several requests' token ids in one ``score_tokens`` call."""
+    flat = [seq for req in requests for seq in req]
+    result = scorer.score_tokens(flat, raw=True)
+    return np.asarray(result.logits, dtype=np.float64).reshape(len(flat), -1)
 
 
 @dataclass
@@ -77,13 +56,17 @@ class Batcher:
     """Queue + one worker thread that scores queued requests together.
 
     Args:
-        run: ``run(list of requests' token-id lists) -> logits array`` (``grouped_logits`` bound to a scorer).
+        run: ``run(list of requests' token-id lists) -> logits array`` (``batch_logits`` bound to a scorer).
         max_tokens: most tokens gathered into one engine call (a larger request runs alone).
-        window_s: how long the worker waits, after the oldest queued request arrived, for others to join.
+        window_s: how long the worker may wait, after the oldest queued request arrived, for others to join.
+        arriving: how many requests are on their way (admitted, not yet queued); the worker waits for
+            company only while this is positive, so a lone client never pays the window.
     """
 
-    def __init__(self, run: Callable[[list[list[list[int]]]], np.ndarray], max_tokens: int, window_s: float = 0.002):
+    def __init__(self, run: Callable[[list[list[list[int]]]], np.ndarray], max_tokens: int, window_s: float = 0.002,
+                 arriving: Callable[[], int] | None = None):
         self._run = run
+        self._arriving = arriving or (lambda: 1)
         self.max_tokens = max(1, int(max_tokens))
         self.window_s = max(0.0, float(window_s))
         self._queue: deque[_Job] = deque()
@@ -131,7 +114,7 @@ class Batcher:
                     return None
                 self._cond.wait()
             deadline = self._queue[0].enqueued + self.window_s
-            while self._queued_tokens < self.max_tokens and not self._stopping:
+            while self._queued_tokens < self.max_tokens and not self._stopping and self._arriving() > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -1,27 +1,29 @@
 """The scoring engine: token-budget scheduling, packed or padded forward passes, shared prefixes.
 
-Two paths over transformers' own modeling code (loaded with AutoModelForSequenceClassification):
+Runs transformers' own modeling code (loaded with AutoModelForSequenceClassification) in two ways:
 
-* ``packed`` (default where the architecture uses transformers' attention interface): the sequences
-  of a batch are concatenated into one stream with per-sequence position ids and attend only to
-  themselves (``attention.packed_attention``: flash varlen on CUDA, exact per-sequence SDPA
-  elsewhere); no padding. A shared prefix (system prompt + instruction + query of a rerank) is run
-  once, its keys/values cached, and each document attends to them.
+* ``packed`` (wherever the architecture uses transformers' attention interface): the sequences of a
+  pack are concatenated into one stream with per-sequence position ids and attend only to themselves
+  (``attention.packed_attention``: flash varlen on CUDA, exact per-sequence SDPA elsewhere); no
+  padding. Pairs that share a prompt prefix (system prompt + instruction + query) carry it once per
+  pack, as a sequence of its own, and attend to its keys and values. On CUDA, prefix-free sequences
+  go instead as length-sorted right-padded batches with dense (cuDNN/flash) attention, which runs
+  short sequences several times faster than varlen flash; packs too ragged for that stay packed.
 * ``padded``: length-sorted, right-padded batches through the stock backbone (the fallback for
   architectures the packed path cannot drive).
 
-In both, the final norm and the score head see only each sequence's last hidden state, and the head
-is applied in float32. Several GPUs: one engine per device, packs handed out by worker threads.
+Everywhere the final norm and the score head see only each sequence's last hidden state, and the
+head runs in float32. Several devices: one replica each, packs handed out by worker threads.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np

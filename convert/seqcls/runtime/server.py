@@ -35,15 +35,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SeqclsError, UsageError
-from .batcher import Batcher, grouped_logits
+from .batcher import Batcher, batch_logits
+from .limits import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_DOCUMENTS
 
 log = logging.getLogger("seqcls.serve")
-
-from .limits import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_DOCUMENTS  # noqa: E402
 SCORING_PATHS = frozenset({"/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"})
 OPEN_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 ERROR_TYPES = {
@@ -57,30 +56,41 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # ---------------------------------------------------------------- request schemas
 
 
-class ImageURL(BaseModel):
-    url: str = Field(description="A data URL (data:image/png;base64,...).")
-
-
 class TextPart(BaseModel):
-    """A text part of a vLLM-style content list."""
+    """A part of a vLLM-style content list. Only text parts are accepted: this runtime scores text, so
+    an ``image_url`` part is answered 400 ("image documents are not supported by this model")."""
 
     type: Literal["text"] = Field(description='"text".')
     text: str = Field(description="The text.")
 
 
-class ImagePart(BaseModel):
-    """An image part of a vLLM-style content list (refused with 400 by text-only models)."""
+def _one_of_keys(*groups: tuple[str, ...], among: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """JSON-schema ``oneOf`` branches: the keys of exactly one group present (and, where ``among`` is
+    given, none of its other keys)."""
+    branches = []
+    for group in groups:
+        branch: dict[str, Any] = {"required": list(group)}
+        others = [k for k in among if k not in group]
+        if others:
+            branch["not"] = {"anyOf": [{"required": [k]} for k in others]}
+        branches.append(branch)
+    return branches
 
-    type: Literal["image_url"] = Field(description='"image_url".')
-    image_url: ImageURL = Field(description="The image.")
+
+def _json_int(value: Any) -> Any:
+    """JSON integers (1 and 1.0), not strings or booleans."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
-
-
-def _one_of_keys(*groups: tuple[str, ...]) -> list[dict[str, Any]]:
-    """JSON-schema ``oneOf`` branches: the keys of exactly one group are present."""
-    return [{"required": list(group)} for group in groups]
+# (the bounds come before the validator, so that they reach the JSON schema as minimum)
+NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_json_int)]
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_json_int)]
 
 
 class TextObject(BaseModel):
@@ -89,7 +99,7 @@ class TextObject(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"oneOf": _one_of_keys(("text",), ("content",))})
     text: str = Field(None, description="The text of the document.")
-    content: list[ContentPart] = Field(None, min_length=1, description="vLLM content form: text parts are joined with newlines; image parts are refused (400).")
+    content: list[TextPart] = Field(None, min_length=1, description="vLLM content form: text parts, joined with newlines (image parts are refused with 400: not supported by this model).")
 
     @model_validator(mode="after")
     def _text_or_content(self) -> "TextObject":
@@ -109,7 +119,7 @@ def _no_zero(value: Optional[int]) -> Optional[int]:
     return value
 
 
-TruncateTokens = Annotated[Optional[StrictInt], Field(ge=-1, json_schema_extra={"not": {"const": 0}}), AfterValidator(_no_zero)]
+TruncateTokens = Optional[Annotated[int, Field(ge=-1, json_schema_extra={"not": {"const": 0}}), BeforeValidator(_json_int), AfterValidator(_no_zero)]]
 
 _SIDE_HELP = "A string, or a non-empty list of them (items may also be objects with `text` or vLLM `content`)."
 _TRUNCATE_HELP = (
@@ -125,7 +135,7 @@ _SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("text_1", "text
 class ScoreRequest(BaseModel):
     """vLLM's /score: pairs of texts, 1:1, 1:N or N:N, under one of vLLM's pairs of field names."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": _one_of_keys(*_SCORE_PAIRS)})
+    model_config = ConfigDict(json_schema_extra={"oneOf": _one_of_keys(*_SCORE_PAIRS, among=_SCORE_SIDES)})
     model: Optional[str] = Field(None, description=_MODEL_HELP)
     queries: Side = Field(None, description="The query side (with `documents` or `items`). " + _SIDE_HELP)
     documents: Side = Field(None, description="The document side (with `queries`). " + _SIDE_HELP)
@@ -162,10 +172,10 @@ class RerankRequest(BaseModel):
     query: TextItem = Field(description="The query (a string, or an object with `text` or `content`).")
     documents: Annotated[list[TextItem], Field(json_schema_extra=NonEmpty)] = Field(
         description="The candidate documents (non-empty): strings, or objects with `text` (Cohere, Jina) or `content` (vLLM).")
-    top_n: Optional[StrictInt] = Field(None, ge=0, description="Return only the best top_n results (0 or absent: all).")
+    top_n: Optional[NonNegativeInt] = Field(None, description="Return only the best top_n results (0 or absent: all).")
     return_documents: StrictBool = Field(True, description="Include each result's document as `document: {text}` (omitted when false).")
     truncate_prompt_tokens: TruncateTokens = Field(None, description=_TRUNCATE_HELP)
-    max_tokens_per_doc: Optional[StrictInt] = Field(None, ge=1, description="Cut each document to at most this many tokens (Cohere v2); also allows truncation to the model's limit.")
+    max_tokens_per_doc: Optional[PositiveInt] = Field(None, description="Cut each document to at most this many tokens (Cohere v2); also allows truncation to the model's limit.")
     instruction: Optional[str] = Field(None, description=_INSTRUCTION_HELP)
     use_activation: Optional[StrictBool] = Field(None, description="true (default): relevance_score is a probability; false: the raw logit.")
 
@@ -318,7 +328,8 @@ def error_response(status: int, message: str, param: str | None = None, headers:
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
-_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "TextObject", "TextPart", "ImagePart", "ImageURL"}
+_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "TextObject", "TextPart"}
+_IMAGE_TYPES = {"image_url", "image", "input_image", "image_pil", "image_embeds"}
 
 
 def _param(loc: Any) -> str | None:
@@ -336,7 +347,13 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[int, str, str | N
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")
         return 400, f"The request body is not valid JSON ({detail}); send a JSON object.", None
+    for e in errors:  # an image part fails the text-only schema: say why in the words HTTP_API.md uses
+        loc = e.get("loc", ())
+        if len(loc) >= 2 and loc[-1] == "type" and "content" in loc and e.get("input") in _IMAGE_TYPES:
+            return 400, "image documents are not supported by this model; send text.", _param(loc[:-1])
     param = _param(first.get("loc", ()))
+    if param is None and first.get("type") == "missing":
+        return 422, "The request body is empty; send a JSON object.", None
     if param is None and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
         return 422, "The request body must be a JSON object (Content-Type: application/json).", None
     same = [e for e in errors if _param(e.get("loc", ())) == param]
@@ -446,6 +463,7 @@ class ServerState:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seqcls-tokenize")
         self.started = int(time.time())
         self.ready = threading.Event()
+        self.arriving = 0  # scoring requests admitted and not yet queued for the engine (event-loop thread only)
 
     @property
     def model_name(self) -> str:
@@ -458,7 +476,8 @@ class ServerState:
     def attach(self, scorer: Any) -> None:
         self.scorer = scorer
         budget = self.max_batch_tokens or getattr(getattr(scorer, "engine", None), "batch_tokens", None) or 16384
-        self.batcher = Batcher(lambda reqs: grouped_logits(scorer, reqs), budget, self.batch_window_ms / 1000.0)
+        self.batcher = Batcher(lambda reqs: batch_logits(scorer, reqs), budget, self.batch_window_ms / 1000.0,
+                               arriving=lambda: self.arriving)
         self.batcher.start()
         self.ready.set()
         log.info("Serving %s (%s labels) on %s.", self.model_name, getattr(scorer, "num_labels", "?"), getattr(scorer, "device", "?"))
@@ -501,8 +520,12 @@ class ServerState:
                 )
             raise ApiError(400, message) from None
 
-    async def logits(self, ids: list[list[int]]) -> Any:
+    async def logits(self, ids: list[list[int]], scope: dict[str, Any]) -> Any:
         assert self.batcher is not None
+        ticket = scope.get(_ARRIVING)
+        if ticket and ticket[0]:
+            ticket[0] = False
+            self.arriving -= 1
         try:
             future = self.batcher.submit(ids)
         except RuntimeError:
@@ -535,6 +558,7 @@ class Gate:
             await send(message)
 
         counted = False
+        ticket = [True]  # [still counted in state.arriving]
         try:
             rejection = self._check_headers(scope)
             if rejection is not None:
@@ -546,6 +570,7 @@ class Gate:
                                          headers={"Retry-After": "1"})(scope, receive, send_wrapper)
                     return
                 state.metrics.in_flight += 1
+                state.arriving += 1
                 counted = True
             body = await self._read_body(receive)
             if body is None:  # client went away
@@ -555,10 +580,14 @@ class Gate:
                 return
             if path in SCORING_PATHS:
                 scope = _as_json(scope)
+            if counted:
+                scope[_ARRIVING] = ticket  # frameworks copy the scope dict; the list is shared
             await self.app(scope, _replay(body, receive), send_wrapper)
         finally:
             if counted:
                 state.metrics.in_flight -= 1
+                if ticket[0]:  # ended before reaching the engine (an error, or refused)
+                    state.arriving -= 1
             route = scope.get("route")
             label = getattr(route, "path", None) or (path if path in SCORING_PATHS or path in OPEN_PATHS or path == "/v1/models" else "other")
             state.metrics.observe(label, status_box[0], time.perf_counter() - started)
@@ -605,6 +634,7 @@ class Gate:
 
 
 _TOO_BIG = object()
+_ARRIVING = "seqcls.arriving"  # scope key: [True] while this request counts in ServerState.arriving
 _LENIENT_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
 
 
@@ -645,12 +675,7 @@ def _text_of(item: Any, param: str) -> str:
     if isinstance(item, str):
         return _check_text(item, param)
     if item.content is not None:
-        parts = []
-        for k, part in enumerate(item.content):
-            if isinstance(part, ImagePart):
-                raise ApiError(400, "image documents are not supported by this model; send text.", f"{param}.content[{k}]")
-            parts.append(_check_text(part.text, f"{param}.content[{k}].text"))
-        return "\n".join(parts)
+        return "\n".join(_check_text(part.text, f"{param}.content[{k}].text") for k, part in enumerate(item.content))
     return _check_text(item.text, param)
 
 
@@ -783,7 +808,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = {404: f"No route {request.url.path}; see /openapi.json.", 405: f"{request.method} is not allowed on {request.url.path}."}
+        message = {404: f"No route {request.url.path}; see /openapi.json.", 405: f"{request.method} is not allowed on {request.url.path}.",
+                   400: f"The request body is not valid JSON ({exc.detail}); send a UTF-8 JSON object."}
         return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -793,7 +819,7 @@ def create_app(
 
     # -- scoring
 
-    async def score_pairs(body: ScoreRequest) -> dict[str, Any]:
+    async def score_pairs(body: ScoreRequest, scope: dict[str, Any]) -> dict[str, Any]:
         scorer = state.require_scorer()
         state.check_model(body.model)
         (qname, qvalue), (dname, dvalue) = body.sides()
@@ -807,7 +833,7 @@ def create_app(
         _one_label(scorer)
         options = _truncation(body.truncate_prompt_tokens)
         ids = await state.tokenize(queries, documents, instruction=body.instruction, **options)
-        logits = await state.logits(ids)
+        logits = await state.logits(ids, scope)
         scores = _scores(logits, raw=body.use_activation is False)
         tokens = sum(len(x) for x in ids)
         state.metrics.scored(len(ids), tokens)
@@ -817,7 +843,7 @@ def create_app(
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
         }
 
-    async def rerank_docs(body: RerankRequest | AnyRerankRequest, version: str) -> Any:
+    async def rerank_docs(body: RerankRequest | AnyRerankRequest, version: str, scope: dict[str, Any]) -> Any:
         scorer = state.require_scorer()
         state.check_model(body.model)
         tei = isinstance(body, AnyRerankRequest) and body.texts is not None
@@ -833,7 +859,7 @@ def create_app(
         allow = body.truncate if isinstance(body, AnyRerankRequest) else None
         options = _truncation(body.truncate_prompt_tokens, body.max_tokens_per_doc, allow)
         ids = await state.tokenize(query, docs, instruction=body.instruction, **options)
-        logits = await state.logits(ids)
+        logits = await state.logits(ids, scope)
         raw = body.use_activation is False or (isinstance(body, AnyRerankRequest) and body.raw_scores)
         scores = _scores(logits, raw)
         tokens = sum(len(x) for x in ids)
@@ -857,20 +883,24 @@ def create_app(
 
     score_doc = ("Scores query-document pairs (vLLM /score). Sides are a string or a list: one query with any number of documents "
                  "(1:1, 1:N) or as many queries as documents (N:N). Scores come back in input order.")
+
+    async def score_endpoint(body: ScoreRequest, request: Request) -> Any:
+        return JSONResponse(await score_pairs(body, request.scope))
+
+    async def rerank_any(body: AnyRerankRequest, request: Request) -> Any:
+        return JSONResponse(await rerank_docs(body, "2", request.scope))
+
+    async def rerank_v1(body: RerankRequest, request: Request) -> Any:
+        return JSONResponse(await rerank_docs(body, "1", request.scope))
+
+    async def rerank_v2(body: RerankRequest, request: Request) -> Any:
+        return JSONResponse(await rerank_docs(body, "2", request.scope))
+
     for route_path in ("/score", "/v1/score"):
         operation = "score" + route_path.replace("/", "_")
-        app.add_api_route(route_path, _route(score_pairs), methods=["POST"], response_model=ScoreResponse, responses=SCORING_ERRORS,
+        app.add_api_route(route_path, score_endpoint, methods=["POST"], response_model=ScoreResponse, responses=SCORING_ERRORS,
                           summary="Score pairs", description=score_doc, dependencies=security, tags=["scoring"],
                           name=operation, operation_id=operation)
-
-    async def rerank_any(body: AnyRerankRequest) -> Any:
-        return JSONResponse(await rerank_docs(body, "2"))
-
-    async def rerank_v1(body: RerankRequest) -> Any:
-        return JSONResponse(await rerank_docs(body, "1"))
-
-    async def rerank_v2(body: RerankRequest) -> Any:
-        return JSONResponse(await rerank_docs(body, "2"))
 
     rerank_doc = ("Ranks documents for one query, best first, cut to top_n (Cohere, Jina, vLLM). "
                   "relevance_score is a probability unless use_activation is false.")
@@ -915,13 +945,6 @@ def create_app(
     return app
 
 
-def _route(handler: Callable) -> Callable:
-    async def endpoint(body: ScoreRequest) -> Any:
-        return JSONResponse(await handler(body))
-
-    return endpoint
-
-
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -937,7 +960,9 @@ def _version() -> str:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free port); UsageError when it is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then (else Nagle's
+    # algorithm and delayed ACKs add ~40 ms to every response)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
