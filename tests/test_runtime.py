@@ -351,8 +351,7 @@ def smollm2_folder(tmp_path_factory) -> Path:
 
 
 def test_smollm2_real_weights_equal_transformers(smollm2_folder):
-    docs = ["Paris is the capital and largest city of France.", "The mitochondria is the powerhouse of the cell.",
-            "Bananas are rich in potassium."]
+    docs = ["Paris is the capital and largest city of France.", "Bananas are rich in potassium."]
     scorer = seqcls.Scorer(smollm2_folder, device="cpu")
     got = scorer.score(QUERY, docs, raw=True)  # one query: the shared-prefix path
     reference = reference_logits(smollm2_folder, [QUERY] * len(docs), docs)

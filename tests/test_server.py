@@ -214,6 +214,7 @@ def hostile_cases():
         ("documents and texts", "/rerank", {"json": {"query": "q", "documents": ["a"], "texts": ["b"]}}, 422, "either documents"),
         ("document object without text", "/rerank", {"json": {"query": "q", "documents": [{"title": "a"}]}}, 422, "documents[0]"),
         ("unknown content part", "/score", {"json": {"queries": "q", "documents": [{"content": [{"type": "audio"}]}]}}, 422, "documents"),
+        ("content part type an object", "/score", {"json": {"queries": "q", "documents": [{"content": [{"type": {"a": 1}}]}]}}, 422, "documents"),
         ("truncate_prompt_tokens 0", "/score", {"json": {"queries": "q", "documents": "a", "truncate_prompt_tokens": 0}}, 422, "truncate_prompt_tokens"),
         ("2:3 lengths", "/score", {"json": {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}}, 400, "Input lengths must be either 1:1, 1:N or N:N"),
         ("3:1 lengths", "/score", {"json": {"queries": ["a", "b", "c"], "documents": ["d"]}}, 400, "Input lengths must be either 1:1, 1:N or N:N"),

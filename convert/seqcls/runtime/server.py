@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import secrets
@@ -349,7 +348,8 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[int, str, str | N
         return 400, f"The request body is not valid JSON ({detail}); send a JSON object.", None
     for e in errors:  # an image part fails the text-only schema: say why in the words HTTP_API.md uses
         loc = e.get("loc", ())
-        if len(loc) >= 2 and loc[-1] == "type" and "content" in loc and e.get("input") in _IMAGE_TYPES:
+        value = e.get("input")
+        if len(loc) >= 2 and loc[-1] == "type" and "content" in loc and isinstance(value, str) and value in _IMAGE_TYPES:
             return 400, "image documents are not supported by this model; send text.", _param(loc[:-1])
     param = _param(first.get("loc", ()))
     if param is None and first.get("type") == "missing":
@@ -1027,6 +1027,9 @@ def serve(
     threading.Thread(target=watch, name="seqcls-load-watch", daemon=True).start()
     if on_listen is not None:
         on_listen(url)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once its graceful shutdown is done
+        pass
     if state.load_error:
         raise UsageError(f"The model failed to load: {state.load_error}")
