@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
 
 from .errors import UsageError
+from .template_text import instruction_text, template_parts
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 _PLACEHOLDERS = {"query", "document", "instruction"}
@@ -89,20 +90,11 @@ class Template(BaseModel):
         return self
 
     def instruction_text(self, instruction: str | None = None) -> str:
-        chosen = self.instruction if instruction is None else instruction
-        return self.instruction_format.format(instruction=chosen) if chosen else ""
+        return instruction_text(self, instruction)
 
     def parts(self, query: str, document: str, instruction: str | None = None) -> tuple[str, str, str]:
         """Return (text before the document, the document part, text after it)."""
-        inst = self.instruction_text(instruction)
-        values = {"query": query, "document": document, "instruction": inst}
-        prefix = self.prefix.format(instruction=inst)
-        query_part = self.query.format(**values)
-        suffix = self.suffix.format(instruction=inst)
-        document_part = self.document.format(**values)
-        if self.order == "query_first":
-            return prefix + query_part, document_part, suffix
-        return prefix, document_part, query_part + suffix
+        return template_parts(self, query, document, instruction)
 
     def render(self, query: str, document: str, instruction: str | None = None) -> str:
         """The exact prompt string for one pair."""

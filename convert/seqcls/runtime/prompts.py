@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UsageError
+from ..template_text import instruction_text, template_parts
 
 _PLACEHOLDERS = {"query", "document", "instruction"}
 
@@ -80,20 +81,11 @@ class PromptTemplate:
         )
 
     def instruction_text(self, instruction: str | None = None) -> str:
-        chosen = self.instruction if instruction is None else instruction
-        return self.instruction_format.format(instruction=chosen) if chosen else ""
+        return instruction_text(self, instruction)
 
     def parts(self, query: str, document: str, instruction: str | None = None) -> tuple[str, str, str]:
-        """(text before the document, the document part, text after it), as ``Template.parts``."""
-        inst = self.instruction_text(instruction)
-        values = {"query": query, "document": document, "instruction": inst}
-        prefix = self.prefix.format(instruction=inst)
-        query_part = self.query.format(**values)
-        suffix = self.suffix.format(instruction=inst)
-        document_part = self.document.format(**values)
-        if self.order == "query_first":
-            return prefix + query_part, document_part, suffix
-        return prefix, document_part, query_part + suffix
+        """Return (text before the document, the document part, text after it)."""
+        return template_parts(self, query, document, instruction)
 
     def render(self, query: str, document: str, instruction: str | None = None) -> str:
         """The exact prompt string for one pair."""
