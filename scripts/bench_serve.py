@@ -52,18 +52,8 @@ WORDS = (
 ).split()
 
 
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    cells = [[h for _, h, _ in columns]]
-    for row in rows:
-        cells.append([("" if row.get(k) is None else format(row[k], f)) for k, _, f in columns])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_score import log, table  # noqa: E402  (one table/log helper for both benchmarks)
 
 
 def percentile(values: list[float], q: float) -> float:

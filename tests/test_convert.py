@@ -103,10 +103,7 @@ def test_bf16_head_is_fp32_arithmetic_rounded(tmp_path):
     tensors = read_tensors(out)
     assert tensors["score.weight"].dtype == torch.bfloat16
     assert torch.equal(tensors["score.weight"], _expected_head(src, "from_2_way_softmax", result.plan.token_ids, False, torch.bfloat16))
-    # and the naive bf16 difference would differ somewhere (trap 4): the test can tell them apart
-    rows = read_tensors(src)["lm_head.weight"][result.plan.token_ids]
     assert config_of(out)["dtype"] == "bfloat16"
-    assert not torch.equal(tensors["score.weight"], (rows[1:2].float() - rows[0:1].float()).to(torch.float16).to(torch.bfloat16)) or True
 
 
 def test_dtype_cast_output(tmp_path):

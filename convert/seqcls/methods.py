@@ -24,11 +24,6 @@ METHODS: dict[str, Callable[[Any], Any]] = {
     "no_post_processing": no_post_processing,
 }
 
-TOKEN_COUNTS: dict[str, tuple[int, int | None]] = {
-    "from_2_way_softmax": (2, 2),
-    "no_post_processing": (1, None),
-}
-
 
 def num_labels(method: str, n_tokens: int) -> int:
     return 1 if method == "from_2_way_softmax" else n_tokens
