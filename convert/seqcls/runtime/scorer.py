@@ -154,6 +154,9 @@ class Scorer:
             padded batches, the fallback for architectures the packed path cannot drive).
         compile: ``auto`` (on CUDA), True or False: torch.compile the decoder layers (on CPU it pays
             off for large jobs: about 10 s once, then ~10% faster).
+        fast: ``auto`` runs Llama, Mistral, Qwen2 and Qwen3 models through seqcls' own scoring forward
+            (fused projections, the last layer only where the head reads); False keeps transformers'
+            decoder layers; True insists (UsageError where it cannot apply).
 
     Example:
         >>> scorer = seqcls.Scorer("qwen3-reranker-seqcls")
@@ -174,6 +177,7 @@ class Scorer:
         batch_tokens: int | None = None,
         backend: str = "auto",
         compile: bool | str = "auto",
+        fast: bool | str = "auto",
     ):
         self.folder: ModelFolder = load_folder(model_or_dir)
         self.tokenizer = load_tokenizer(self.folder.path)
@@ -186,7 +190,7 @@ class Scorer:
         from .engine import Engine, resolve_devices, resolve_dtype
 
         devices = resolve_devices(device)
-        self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens)
+        self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens, fast)
 
     # -- properties
 

@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Where the GPU time of a seqcls scoring pass goes (PERFORMANCE.md §2 workload).
+
+    python scripts/profile_score.py [--pairs 2000] [--top 25] [--json out.json]
+
+Scores the §2 workload with ``seqcls.Scorer`` under ``torch.profiler`` and prints the kernels that
+take the most GPU time, the share of GPU busy time in matrix products, attention and everything else,
+and the time the same matrix products take alone (the per-layer GEMM floor), so that an
+optimisation can be aimed at what actually costs. Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_score  # noqa: E402
+
+KINDS = (("gemm", ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "cublas")),
+         ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")))
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, marks in KINDS:
+        if any(m in low for m in marks):
+            return kind
+    return "other"
+
+
+def gemm_floor(tokens: int, layers: int, fused: bool) -> float:
+    """Seconds the decoder's matrix products take alone for ``tokens`` tokens (64k-row GEMMs)."""
+    import torch
+
+    c = bench_score.QWEN3_06B
+    h, d, heads, kv, inter = c["hidden_size"], c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]
+    shapes = ([(h, (heads + 2 * kv) * d), (heads * d, h), (h, 2 * inter), (inter, h)] if fused else
+              [(h, heads * d), (h, kv * d), (h, kv * d), (heads * d, h), (h, inter), (h, inter), (inter, h)])
+    rows = 65536
+    total = 0.0
+    for k, n in shapes:
+        a = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        for _ in range(3):
+            a @ w.t()
+        total += bench_score.cuda_time(lambda: [a @ w.t() for _ in range(10)], 3) / 10
+    return total * layers * tokens / rows
+
+
+def attention_probe(seed: int = 0, pack_tokens: int = 65536) -> list[dict]:
+    """One pack of the §2 length mix through each attention kernel PyTorch offers: flash varlen, cuDNN
+    ragged (varlen), cuDNN dense on a right-padded batch; time per call and largest difference."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    c = bench_score.QWEN3_06B
+    heads, kv, d = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    rng = np.random.default_rng(seed)
+    lengths = []
+    while sum(lengths) < pack_tokens - 640:
+        lengths.append(int(rng.integers(96, 640)))
+    total = sum(lengths)
+    cu = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32, device="cuda")
+    q = torch.randn(total, heads, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(total, kv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(total, kv, d, device="cuda", dtype=torch.bfloat16)
+    scale = d ** -0.5
+    longest = max(lengths)
+    flops = sum(4 * n * n / 2 * heads * d for n in lengths)
+    rows, ref = [], None
+
+    def record(name, fn):
+        nonlocal ref
+        try:
+            out = fn()
+            torch.cuda.synchronize()
+            seconds = bench_score.cuda_time(lambda: [fn() for _ in range(10)], 3) / 10
+        except Exception as exc:  # a kernel this build lacks
+            rows.append({"kernel": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"})
+            return
+        diff = None if ref is None else float((out.float() - ref.float()).abs().max())
+        ref = out if ref is None else ref
+        rows.append({"kernel": name, "ms": seconds * 1e3, "tflops": flops / seconds / 1e12, "max_diff_vs_flash": diff})
+
+    record("flash varlen (aten._flash_attention_forward)", lambda: torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, longest, longest, 0.0, True, False, scale=scale)[0])
+    record("cuDNN ragged, GQA", lambda: torch.ops.aten._cudnn_attention_forward(
+        q, k, v, None, cu, cu, longest, longest, False, 0.0, True, False, scale=scale)[0])
+    groups = heads // kv
+    record("cuDNN ragged, k/v repeated", lambda: torch.ops.aten._cudnn_attention_forward(
+        q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), None, cu, cu, longest, longest, False, 0.0, True, False, scale=scale)[0])
+
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    batches = []  # sorted, right-padded batches of 32
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    for b in range(0, len(order), 32):
+        idx = order[b:b + 32]
+        width = max(lengths[i] for i in idx)
+        qb = torch.zeros(len(idx), width, heads, d, device="cuda", dtype=torch.bfloat16)
+        kb = torch.zeros(len(idx), width, kv, d, device="cuda", dtype=torch.bfloat16)
+        vb = torch.zeros_like(kb)
+        for r, i in enumerate(idx):
+            qb[r, : lengths[i]] = q[starts[i]:starts[i + 1]]
+            kb[r, : lengths[i]] = k[starts[i]:starts[i + 1]]
+            vb[r, : lengths[i]] = v[starts[i]:starts[i + 1]]
+        batches.append((qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2)))
+
+    def dense():
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return [F.scaled_dot_product_attention(a, b, c2, is_causal=True, scale=scale, enable_gqa=True) for a, b, c2 in batches]
+
+    try:
+        dense()
+        torch.cuda.synchronize()
+        seconds = bench_score.cuda_time(lambda: [dense() for _ in range(10)], 3) / 10
+        rows.append({"kernel": "cuDNN dense, sorted padded batches of 32", "ms": seconds * 1e3, "tflops": flops / seconds / 1e12})
+    except Exception as exc:
+        rows.append({"kernel": "cuDNN dense", "error": str(exc).splitlines()[0][:100]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from seqcls.runtime import Scorer
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--workdir")
+    parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--fast", default="auto", help="seqcls fast path: auto, on or off")
+    parser.add_argument("--attention", action="store_true", help="also time the attention kernels on one pack")
+    args = parser.parse_args(argv)
+    if args.attention:
+        print(bench_score.table(attention_probe(), [("kernel", "attention kernel, one 64k-token pack", ""), ("ms", "ms", ".2f"),
+                                                   ("tflops", "TFLOP/s", ".0f"), ("max_diff_vs_flash", "max diff", ".2e"), ("error", "error", "")]))
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seqcls-prof-"))
+    folder = workdir / "qwen3-0.6b-random-seqcls"
+    if not (folder / "model.safetensors").is_file():
+        bench_score.build_checkpoint(folder)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(96, 640, size=args.pairs)
+    seqs = [rng.integers(0, bench_score.QWEN3_06B["vocab_size"], size=int(n)).tolist() for n in lengths]
+    tokens = int(lengths.sum())
+    kwargs = {} if args.fast == "auto" else {"fast": args.fast == "on"}
+    scorer = Scorer(folder, device="cuda:0", backend=args.backend, **kwargs)
+    for _ in range(2):
+        scorer.score_tokens(seqs)
+    seconds = bench_score.cuda_time(lambda: scorer.score_tokens(seqs), 3)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        scorer.score_tokens(seqs)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0) > 0]
+    kernels = sorted(((e.key, e.self_device_time_total / 1e6, e.count) for e in events if e.self_device_time_total > 0),
+                     key=lambda t: -t[1])
+    busy = sum(t for _, t, _ in kernels)
+    by_kind: dict[str, float] = {}
+    for name, t, _ in kernels:
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + t
+    floor = gemm_floor(tokens, bench_score.QWEN3_06B["num_hidden_layers"], fused=False)
+    floor_fused = gemm_floor(tokens, bench_score.QWEN3_06B["num_hidden_layers"], fused=True)
+    print(f"{args.pairs} pairs, {tokens} tokens: {seconds * 1e3:.1f} ms -> {tokens / seconds / 1e3:.0f}k tokens/s; "
+          f"GPU busy {busy * 1e3:.1f} ms ({busy / seconds:.0%} of wall)")
+    print("by kind: " + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / busy:.0%})" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
+    print(f"GEMM floor alone: {floor * 1e3:.1f} ms unfused, {floor_fused * 1e3:.1f} ms with fused QKV and gate/up")
+    print(bench_score.table([{"kernel": n[:110], "ms": t * 1e3, "share": t / busy, "calls": c} for n, t, c in kernels[: args.top]],
+                            [("kernel", "kernel", ""), ("ms", "ms", ".1f"), ("share", "share", ".1%"), ("calls", "calls", "d")]))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"seconds": seconds, "tokens": tokens, "busy": busy, "by_kind": by_kind,
+                                                   "gemm_floor": floor, "gemm_floor_fused": floor_fused,
+                                                   "kernels": kernels[: args.top]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
