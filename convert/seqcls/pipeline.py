@@ -282,8 +282,13 @@ def output_config(p: ConversionPlan) -> dict[str, Any]:
     config["label2id"] = {label: i for i, label in enumerate(labels)}
     config["pad_token_id"] = p.pad_token_id
     inner = text_config(config, p.mapping)
-    if inner is not config:
+    if inner is not config:  # vLLM reads num_labels (and use_sep_token) from get_text_config()
         inner["pad_token_id"] = p.pad_token_id
+        inner["id2label"] = dict(config["id2label"])
+        inner["label2id"] = dict(config["label2id"])
+        inner["use_sep_token"] = False
+        for key in ("method", "classifier_from_token"):
+            inner.pop(key, None)
         inner.pop("torch_dtype", None)
         inner["dtype"] = ST_TO_NAME[p.out_dtype]
     config["use_sep_token"] = False
