@@ -245,3 +245,15 @@ def test_server_answers_400_for_bad_images(vl_url, part, fragment):
     assert response.status_code == 400, response.text
     assert fragment in response.json()["error"]["message"]
     assert requests.post(f"{url}/rerank", json={"query": QUERY, "documents": ["still serving"]}, timeout=60).status_code == 200
+
+
+def test_chat_template_renders_image_parts_as_vision_markers(vl_converted):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template = ImmutableSandboxedEnvironment().from_string((vl_converted / "chat_template.jinja").read_text())
+    messages = [{"role": "query", "content": QUERY}, {"role": "document", "content": [{"type": "text", "text": "Look:"}, image_part(RED)]}]
+    rendered = template.render(messages=messages)
+    from seqcls.recipe import load_recipe
+
+    expected = load_recipe(str(vl_converted / "seqcls_recipe.yaml")).template.render(QUERY, "Look:<|vision_start|><|image_pad|><|vision_end|>")
+    assert rendered == expected

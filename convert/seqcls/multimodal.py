@@ -48,9 +48,6 @@ class ImagePart:
         return f"ImagePart({getattr(self.image, 'size', '?')})"
 
 
-Part = "str | ImagePart"
-
-
 def load_image(value: Any, name: str = "image") -> Any:
     """An RGB PIL image from a PIL image, a base64 data URL, bytes or a local path.
 

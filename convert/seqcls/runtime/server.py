@@ -62,7 +62,7 @@ class ImageURL(BaseModel):
                                  "local file paths only inside the folder the operator allowed (--allowed-local-media-path).")
 
 
-class TextPart(BaseModel):
+class ContentPart(BaseModel):
     """A part of a vLLM-style content list: ``{"type": "text", "text": ...}`` or
     ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``. Image parts need a
     vision-language model (others answer 400 "image documents are not supported by this model");
@@ -108,7 +108,7 @@ class TextObject(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"oneOf": _one_of_keys(("text",), ("content",))})
     text: str = Field(None, description="The text of the document.")
-    content: list[TextPart] = Field(None, min_length=1, description="vLLM content form: text parts (joined with newlines) and, for vision-language models, image_url parts.")
+    content: list[ContentPart] = Field(None, min_length=1, description="vLLM content form: text parts (joined with newlines) and, for vision-language models, image_url parts.")
 
     @model_validator(mode="after")
     def _text_or_content(self) -> "TextObject":
@@ -337,7 +337,7 @@ def error_response(status: int, message: str, param: str | None = None, headers:
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
-_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "TextObject", "TextPart", "ImageURL"}
+_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "TextObject", "ContentPart", "ImageURL"}
 
 
 def _param(loc: Any) -> str | None:
