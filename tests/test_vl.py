@@ -257,3 +257,23 @@ def test_chat_template_renders_image_parts_as_vision_markers(vl_converted):
 
     expected = load_recipe(str(vl_converted / "seqcls_recipe.yaml")).template.render(QUERY, "Look:<|vision_start|><|image_pad|><|vision_end|>")
     assert rendered == expected
+
+
+def test_bf16_conversion_verifies_and_a_wrong_head_fails_verification(vl_source, vl_converted, tmp_path, capsys):
+    import shutil
+
+    import seqcls
+    from safetensors.torch import load_file, save_file
+
+    bf16 = seqcls.convert(str(vl_source), output=tmp_path / "bf16", recipe="qwen3-vl", dtype="bfloat16")
+    assert bf16.parity.passed and config_of(tmp_path / "bf16")["text_config"]["dtype"] == "bfloat16"
+
+    broken = tmp_path / "broken"
+    shutil.copytree(vl_converted, broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    tensors["score.weight"] = -tensors["score.weight"]  # the "no" - "yes" head: every score flips sign
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    result = run_cli(capsys, "verify", broken, "--source", vl_source)
+    assert result.returncode == 1 and "Parity failed" in result.stderr
+    report = json.loads((broken / "parity_report.json").read_text())
+    assert not report["passed"] and {c["name"] for c in report["cases"] if not c["passed"]} >= {"float32/images/batch=1", "float32/text/batch=1"}

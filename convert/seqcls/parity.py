@@ -400,9 +400,10 @@ def _verify_multimodal(folder: Path, src: Any, recipe: Any, config: dict[str, An
     from . import parity_vl
 
     pairs = list(text_pairs) + parity_vl.image_pairs()
-    expected, got, two, hidden, rows = parity_vl.compare(folder, src.folder, recipe, token_ids, method, pairs, device)
-    exact_head = (rows[1:2] - rows[0:1]) if method == "from_2_way_softmax" else rows
     out_dtype = config.get("dtype", "float32")
+    load_dtype = getattr(torch, out_dtype) if out_dtype in ("float32", "bfloat16", "float16") else torch.float32
+    expected, got, two, hidden, rows = parity_vl.compare(folder, src.folder, recipe, token_ids, method, pairs, device, load_dtype)
+    exact_head = (rows[1:2] - rows[0:1]) if method == "from_2_way_softmax" else rows
     rounded = exact_head.to(getattr(torch, out_dtype) if out_dtype in ("bfloat16", "float16") else torch.float32).float()
     allowed = tolerance + hidden.abs() @ (rounded - exact_head).abs().T  # exact bound of the head's rounding, per pair
     if float((allowed - tolerance).max()) > 0:

@@ -52,7 +52,7 @@ def describe(item: Any) -> str:
 
 
 def compare(folder: Path, source_folder: Path, recipe: Any, token_ids: list[int], method: str,
-            pairs: list[tuple[Any, Any]], device: str):
+            pairs: list[tuple[Any, Any]], device: str, load_dtype: Any = None):
     """(expected [pairs, labels], converted [pairs, labels], answer-token logits, last hidden states, head rows), float32."""
     import torch
     from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
@@ -61,7 +61,9 @@ def compare(folder: Path, source_folder: Path, recipe: Any, token_ids: list[int]
     prompter = MultimodalPrompter(source_folder, tokenizer, recipe.template)
     prompts = [prompter.encode(q, d, index=i) for i, (q, d) in enumerate(pairs)]
 
-    reference = Qwen3VLForConditionalGeneration.from_pretrained(str(source_folder), dtype=torch.float32, trust_remote_code=False).to(device).eval()
+    # loaded in the output dtype, then computed in float32: the same weights the converted folder holds
+    reference = Qwen3VLForConditionalGeneration.from_pretrained(str(source_folder), dtype=load_dtype or torch.float32, trust_remote_code=False)
+    reference = reference.to(device=device, dtype=torch.float32).eval()
     rows = reference.get_output_embeddings().weight[token_ids].detach().float().cpu()
     answer, hidden = [], []
     with torch.no_grad():

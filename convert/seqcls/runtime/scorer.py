@@ -404,14 +404,12 @@ class Scorer:
         with images are rendered with expanded image pads and never truncated."""
         q, d = make_pairs(queries, documents, content=self.multimodal)
         self._check_instruction(instruction)
-        with_images = [i for i in range(len(q)) if has_images(q[i]) or has_images(d[i])]
-        q_text = [plain_text(x) for x in q]
-        d_text = [plain_text(x) for x in d]
-        text_rows = [i for i in range(len(q)) if i not in set(with_images)]
+        with_images = [i for i in range(len(q)) if has_images(q[i]) or has_images(d[i])] if self.multimodal else []
+        text_rows = [i for i in range(len(q)) if not (with_images and (has_images(q[i]) or has_images(d[i])))]
         out: list[Any] = [None] * len(q)
         truncated: list[int] = []
         if text_rows:
-            encoded = self.encoder.encode([q_text[i] for i in text_rows], [d_text[i] for i in text_rows], instruction,
+            encoded = self.encoder.encode([plain_text(q[i]) for i in text_rows], [plain_text(d[i]) for i in text_rows], instruction,
                                           truncate=self.truncate if truncate is None else truncate,
                                           max_length=max_length, max_document_tokens=max_document_tokens)
             for row, ids in zip(text_rows, encoded.ids):
@@ -447,14 +445,7 @@ class Scorer:
         else:
             groups = [PrefixGroup(list(range(len(seqs))), 0)]
         packs = self.engine.plan(seqs, groups)
-        done = [0]
-        total = len(seqs)
-
-        def advance(n: int) -> None:
-            done[0] += n
-            progress(done[0], total)
-
-        return self.engine.run(packs, total, advance if progress else None)
+        return self.engine.run(packs, len(seqs), self._advance(len(seqs), progress))
 
     def _result(self, logits, seqs: list[list[int]], truncated: list[int], raw: bool, softmax: bool) -> ScoreResult:
         lengths = [len(s) for s in seqs]

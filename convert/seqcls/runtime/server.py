@@ -899,23 +899,31 @@ def create_app(
 
     # -- scoring
 
-    async def score_pairs(body: ScoreRequest, scope: dict[str, Any]) -> dict[str, Any]:
+    async def run_pairs(qname: str, qvalue: Any, dname: str, dvalue: Any, *, instruction: str | None, options: dict[str, Any],
+                        raw: bool, scope: dict[str, Any]) -> tuple[list[Any], list[float], int]:
+        """What /score and /rerank share: limits, normalising both sides (text or content with images),
+        the 1:1/1:N/N:N rule, scoring. Returns (documents as normalised, scores, prompt tokens)."""
         scorer = state.require_scorer()
-        state.check_model(body.model)
-        (qname, qvalue), (dname, dvalue) = body.sides()
+        nd = len(dvalue) if isinstance(dvalue, list) else 1
+        if nd > state.max_documents:
+            raise ApiError(400, f"Too many documents: {nd}, over this server's limit of {state.max_documents} (--max-documents); split the request.", dname)
         queries, nq = _side(qvalue, qname, state.media_dir)
         documents, nd = _side(dvalue, dname, state.media_dir)
         if nq != 1 and nq != nd:
             raise ApiError(400, f"Input lengths must be either 1:1, 1:N or N:N (got {nq} {qname} and {nd} {dname}); "
                                 "pass one query, or exactly one query per document.", dname)
-        if nd > state.max_documents:
-            raise ApiError(400, f"Too many documents: {nd}, over this server's limit of {state.max_documents} (--max-documents); split the request.", dname)
         _one_label(scorer)
-        options = _truncation(body.truncate_prompt_tokens)
-        logits, lengths = await state.pair_logits(queries, documents, scope, instruction=body.instruction, **options)
-        scores = _scores(logits, raw=body.use_activation is False)
+        logits, lengths = await state.pair_logits(queries, documents, scope, instruction=instruction, **options)
         tokens = sum(lengths)
         state.metrics.scored(len(lengths), tokens)
+        return documents if isinstance(documents, list) else [documents], _scores(logits, raw), tokens
+
+    async def score_pairs(body: ScoreRequest, scope: dict[str, Any]) -> dict[str, Any]:
+        state.require_scorer()
+        state.check_model(body.model)
+        (qname, qvalue), (dname, dvalue) = body.sides()
+        _, scores, tokens = await run_pairs(qname, qvalue, dname, dvalue, instruction=body.instruction,
+                                            options=_truncation(body.truncate_prompt_tokens), raw=body.use_activation is False, scope=scope)
         return {
             "id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": state.model_name,
             "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
@@ -923,25 +931,17 @@ def create_app(
         }
 
     async def rerank_docs(body: RerankRequest | AnyRerankRequest, version: str, scope: dict[str, Any]) -> Any:
-        scorer = state.require_scorer()
+        state.require_scorer()
         state.check_model(body.model)
         tei = isinstance(body, AnyRerankRequest) and body.texts is not None
         items: list[Any] = body.texts if tei else body.documents  # type: ignore[assignment]
         name = "texts" if tei else "documents"
         if not items:
             raise ApiError(400, f"{name} is empty; pass at least one document.", name)
-        if len(items) > state.max_documents:
-            raise ApiError(400, f"Too many documents: {len(items)}, over this server's limit of {state.max_documents} (--max-documents); split the request.", name)
-        query, _ = _side(body.query, "query", state.media_dir)
-        docs, _ = _side(list(items), name, state.media_dir)
-        _one_label(scorer)
         allow = body.truncate if isinstance(body, AnyRerankRequest) else None
-        options = _truncation(body.truncate_prompt_tokens, body.max_tokens_per_doc, allow)
-        logits, lengths = await state.pair_logits(query, docs, scope, instruction=body.instruction, **options)
         raw = body.use_activation is False or (isinstance(body, AnyRerankRequest) and body.raw_scores)
-        scores = _scores(logits, raw)
-        tokens = sum(lengths)
-        state.metrics.scored(len(lengths), tokens)
+        docs, scores, tokens = await run_pairs("query", body.query, name, list(items), instruction=body.instruction, raw=raw, scope=scope,
+                                               options=_truncation(body.truncate_prompt_tokens, body.max_tokens_per_doc, allow))
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
         if body.top_n:
             order = order[: body.top_n]
