@@ -224,6 +224,10 @@ def test_rerank_mixing_text_and_image_documents_equals_the_python_api(vl_url, vl
                                            ["A photo:", image_part(BLUE)], image_part(BLUE)]).usage.prompt_tokens
     assert body["usage"]["prompt_tokens"] == python_usage
 
+    text_only = requests.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": ["A red square.", "Bananas."]}, timeout=60)
+    assert text_only.status_code == 200, text_only.text  # text through the batcher and score_tokens
+    assert {r["index"]: r["relevance_score"] for r in text_only.json()["results"]} == dict(enumerate(vl_scorer.score(QUERY, ["A red square.", "Bananas."]).scores))
+
     score = requests.post(f"{url}/score", json={"data_1": QUERY, "data_2": [{"content": [image_part(RED)]}, "A red square on white paper."],
                                                 "use_activation": False}, timeout=60)
     assert score.status_code == 200, score.text

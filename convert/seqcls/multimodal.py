@@ -135,14 +135,18 @@ def content_parts(item: Any, name: str) -> str | list[Any]:
             return content_parts(item["content"], f"{name}.content")
         if "text" in item and "type" not in item:
             return content_parts(item["text"], f"{name}.text")
-        item = [item]
-    elif isinstance(item, (list, tuple)) and not item:
+        return _parts([item], lambda k: name, Image)
+    if isinstance(item, (list, tuple)) and not item:
         raise UsageError(f"{name} is an empty content list; give at least one text or image part.")
     if not isinstance(item, (list, tuple)):
         raise UsageError(f"{name} is {type(item).__name__}; pass text, an image, or a content list of text and image parts.")
+    return _parts(item, lambda k: f"{name}[{k}]", Image)
+
+
+def _parts(item: Sequence[Any], where_of: Any, Image: Any) -> list[Any]:
     parts: list[Any] = []
     for k, part in enumerate(item):
-        where = f"{name}[{k}]"
+        where = where_of(k)
         if isinstance(part, str):
             parts.append(part)
         elif isinstance(part, ImagePart):
