@@ -404,7 +404,7 @@ def _verify_multimodal(folder: Path, src: Any, recipe: Any, config: dict[str, An
     load_dtype = getattr(torch, out_dtype) if out_dtype in ("float32", "bfloat16", "float16") else torch.float32
     expected, got, two, hidden, rows = parity_vl.compare(folder, src.folder, recipe, token_ids, method, pairs, device, load_dtype)
     exact_head = (rows[1:2] - rows[0:1]) if method == "from_2_way_softmax" else rows
-    rounded = exact_head.to(getattr(torch, out_dtype) if out_dtype in ("bfloat16", "float16") else torch.float32).float()
+    rounded = exact_head.to(load_dtype).float()
     allowed = tolerance + hidden.abs() @ (rounded - exact_head).abs().T  # exact bound of the head's rounding, per pair
     if float((allowed - tolerance).max()) > 0:
         notes.append(f"the head is stored in {out_dtype}; its rounding moves logits by at most {float((allowed - tolerance).max()):.3g}, added to atol per pair")

@@ -151,7 +151,8 @@ class Scorer:
     """Scores (query, document) pairs with a converted ``*ForSequenceClassification`` folder.
 
     Reads the recipe and template from the folder, tokenises pairs exactly as transformers would,
-    and runs the packed, prefix-sharing engine (GPU when available).
+    and runs the packed, prefix-sharing engine (GPU when available). Vision-language folders
+    (Qwen3-VL) run transformers' backbone instead (``runtime.vision``) and accept image documents.
 
     Args:
         model_or_dir: the output folder of ``seqcls convert`` (or a Hub repo id of one).
@@ -286,7 +287,11 @@ class Scorer:
 
         Args:
             queries: one query (str) or a list: one query for all documents, or one per document.
-            documents: one document or a list.
+            documents: one document or a list. For a vision-language model (``scorer.multimodal``) an
+                item may also be an image: a PIL image, ``{"type": "image_url", "image_url": {"url":
+                "data:image/png;base64,..." or a local path}}``, ``{"type": "image", "image": ...}``, or a
+                content list / ``{"content": [...]}`` of text and image parts (queries likewise). Remote
+                URLs are refused; pairs with images run one per forward pass and are never truncated.
             instruction: replaces the recipe's default instruction ("" for none).
             raw: return raw logits instead of probabilities (one-label models).
             softmax: for multi-label models, return softmax rows instead of raw logits.
