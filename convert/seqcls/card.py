@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from .multimodal import is_multimodal
 from .recipe import load_recipe
 
 
@@ -61,25 +62,7 @@ def render_card(folder: Path, report: Any = None, source_folder: Path | None = N
         "Each input is the recipe's prompt for one (query, document) pair; `chat_template.jinja` builds it from messages "
         "with roles `query` and `document`.",
         "",
-        "### sentence-transformers",
-        "```python",
-        "from sentence_transformers import CrossEncoder",
-        f'model = CrossEncoder("{name}")',
-        f'scores = model.predict([("{q}", "{d}")])',
-        "```",
-        "",
-        "### transformers",
-        "```python",
-        "import torch",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        f'tok = AutoTokenizer.from_pretrained("{name}")',
-        f'model = AutoModelForSequenceClassification.from_pretrained("{name}")',
-        f'messages = [{{"role": "query", "content": "{q}"}}, {{"role": "document", "content": "{d}"}}]',
-        "prompt = tok.apply_chat_template(messages, tokenize=False)",
-        "inputs = tok(prompt, add_special_tokens=False, return_tensors='pt')",
-        "score = torch.sigmoid(model(**inputs).logits)" if config.get("num_labels", 1) == 1 else "logits = model(**inputs).logits",
-        "```",
-        "",
+        *(_multimodal_usage(name, q) if is_multimodal(config["architectures"][0]) else _text_usage(name, q, d, config)),
         "### vLLM",
         "```bash",
         f"vllm serve {name} --runner pooling",
@@ -114,6 +97,46 @@ def render_card(folder: Path, report: Any = None, source_folder: Path | None = N
             lines += ["", *[f"- {note}" for note in report.notes]]
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines) + "\n")
     return str(card)
+
+
+def _text_usage(name: str, q: str, d: str, config: dict[str, Any]) -> list[str]:
+    return [
+        "### sentence-transformers",
+        "```python",
+        "from sentence_transformers import CrossEncoder",
+        f'model = CrossEncoder("{name}")',
+        f'scores = model.predict([("{q}", "{d}")])',
+        "```",
+        "",
+        "### transformers",
+        "```python",
+        "import torch",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        f'tok = AutoTokenizer.from_pretrained("{name}")',
+        f'model = AutoModelForSequenceClassification.from_pretrained("{name}")',
+        f'messages = [{{"role": "query", "content": "{q}"}}, {{"role": "document", "content": "{d}"}}]',
+        "prompt = tok.apply_chat_template(messages, tokenize=False)",
+        "inputs = tok(prompt, add_special_tokens=False, return_tensors='pt')",
+        "score = torch.sigmoid(model(**inputs).logits)" if config.get("num_labels", 1) == 1 else "logits = model(**inputs).logits",
+        "```",
+        "",
+    ]
+
+
+def _multimodal_usage(name: str, q: str) -> list[str]:
+    return [
+        "Documents (and queries) may be images. transformers has no sequence-classification class for this "
+        "vision-language architecture, so use vLLM or seqcls (which runs the transformers backbone with this head).",
+        "",
+        "### seqcls (Python)",
+        "```python",
+        "import seqcls",
+        f'scorer = seqcls.Scorer("{name}")',
+        'image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}',
+        f'scorer.rerank("{q}", ["Paris is the capital of France.", image, {{"type": "image", "image": "photo.jpg"}}])',
+        "```",
+        "",
+    ]
 
 
 def write_card(folder: Path, report: Any = None, source_folder: Path | None = None) -> Path:

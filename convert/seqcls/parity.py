@@ -289,6 +289,11 @@ def verify_folder(
     all_pairs = list(BUILTIN_PAIRS) + [(p.query, p.document) for p in recipe.verify.pairs]
     if pairs is not None:
         all_pairs += read_pairs(pairs) if isinstance(pairs, (str, Path)) else [tuple(p) for p in pairs]
+    from .multimodal import is_multimodal
+
+    if any(is_multimodal(a) for a in config.get("architectures") or []):
+        report = _verify_multimodal(folder, src, recipe, config, prov, all_pairs, token_ids, method, tolerance, dev, notes, consumers)
+        return _finish(folder, report, write_report, raise_on_failure)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     prompts = [tokenizer(recipe.template.render(q, d), add_special_tokens=False)["input_ids"] for q, d in all_pairs]
 
@@ -373,6 +378,10 @@ def verify_folder(
         notes=notes,
         versions=dict(prov.get("versions", {})),
     )
+    return _finish(folder, report, write_report, raise_on_failure)
+
+
+def _finish(folder: Path, report: ParityReport, write_report: bool, raise_on_failure: bool) -> ParityReport:
     if write_report:
         (folder / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
         from .card import write_card
@@ -381,6 +390,60 @@ def verify_folder(
     if raise_on_failure and not report.passed:
         raise CheckFailed(report.failure_message())
     return report
+
+
+def _verify_multimodal(folder: Path, src: Any, recipe: Any, config: dict[str, Any], prov: dict[str, Any], text_pairs: list,
+                       token_ids: list[int], method: str, tolerance: float, device: str, notes: list[str], consumers: bool) -> ParityReport:
+    """Parity of a vision-language folder: text pairs and built-in image pairs, float32, batch 1 (see parity_vl)."""
+    import torch
+
+    from . import parity_vl
+
+    pairs = list(text_pairs) + parity_vl.image_pairs()
+    out_dtype = config.get("dtype", "float32")
+    load_dtype = getattr(torch, out_dtype) if out_dtype in ("float32", "bfloat16", "float16") else torch.float32
+    expected, got, two, hidden, rows = parity_vl.compare(folder, src.folder, recipe, token_ids, method, pairs, device, load_dtype)
+    exact_head = (rows[1:2] - rows[0:1]) if method == "from_2_way_softmax" else rows
+    rounded = exact_head.to(load_dtype).float()
+    allowed = tolerance + hidden.abs() @ (rounded - exact_head).abs().T  # exact bound of the head's rounding, per pair
+    if float((allowed - tolerance).max()) > 0:
+        notes.append(f"the head is stored in {out_dtype}; its rounding moves logits by at most {float((allowed - tolerance).max()):.3g}, added to atol per pair")
+    cases: list[ParityCase] = []
+    worst_diff, worst_index = 0.0, 0
+    n_text = len(text_pairs)
+    for name, rows in (("float32/text/batch=1", range(0, n_text)), ("float32/images/batch=1", range(n_text, len(pairs)))):
+        index = torch.tensor(list(rows), dtype=torch.long)
+        diff = (got[index] - expected[index]).abs()
+        case_max = float(diff.max())
+        worst_local = int(index[int(diff.max(dim=1).values.argmax())])
+        passed = bool((diff <= allowed[index]).all()) and bool(torch.isfinite(got[index]).all())
+        cases.append(ParityCase(name, "float32", "none", 1, "logits", case_max, tolerance, passed, worst_local,
+                                f"{len(index)} pairs" + (", documents and queries with images" if name.endswith("images/batch=1") else "")))
+        if case_max >= worst_diff:
+            worst_diff, worst_index = case_max, worst_local
+    if method == "from_2_way_softmax":
+        pdiff = (torch.sigmoid(got[:, 0]) - torch.softmax(two, dim=-1)[:, 1]).abs()
+        cases.append(ParityCase("float32/probability", "float32", "none", 1, "probability", float(pdiff.max()), tolerance,
+                                bool((pdiff <= allowed[:, 0] / 4).all()), int(pdiff.argmax()), "sigmoid(converted) vs softmax([false, true])[1]"))
+    notes.append("vision-language model: scored one unpadded pair at a time (the runtime does the same); "
+                 "transformers has no Qwen3VLForSequenceClassification, so the converted side is Qwen3VLModel · score.weight")
+    consumer_results: dict[str, Any] = {}
+    if consumers:
+        problems = vllm_config_problems(config)
+        inner = config.get("text_config") or {}
+        if len(inner.get("id2label") or {}) != config.get("num_labels"):
+            problems.append("text_config.id2label must give num_labels (vLLM reads the text config)")
+        consumer_results["vllm_config"] = {"passed": not problems, "problems": problems}
+    passed = all(c.passed for c in cases) and all(v.get("passed", True) for v in consumer_results.values())
+    from .parity_vl import describe
+
+    shown = [{"query": describe(q), "document": describe(d)} for q, d in pairs]
+    return ParityReport(
+        passed=passed, max_abs_diff=worst_diff, atol=tolerance, method=method, num_labels=int(expected.shape[1]),
+        source=src.spec, folder=str(folder), pairs=shown, cases=cases,
+        worst_pair={"index": worst_index, **{k: v[:200] for k, v in shown[worst_index].items()}},
+        checksums=file_checksums(folder), consumers=consumer_results, notes=notes, versions=dict(prov.get("versions", {})),
+    )
 
 
 def _source_dtype(src: Any) -> str | None:

@@ -282,8 +282,13 @@ def output_config(p: ConversionPlan) -> dict[str, Any]:
     config["label2id"] = {label: i for i, label in enumerate(labels)}
     config["pad_token_id"] = p.pad_token_id
     inner = text_config(config, p.mapping)
-    if inner is not config:
+    if inner is not config:  # vLLM reads num_labels (and use_sep_token) from get_text_config()
         inner["pad_token_id"] = p.pad_token_id
+        inner["id2label"] = dict(config["id2label"])
+        inner["label2id"] = dict(config["label2id"])
+        inner["use_sep_token"] = False
+        for key in ("method", "classifier_from_token"):
+            inner.pop(key, None)
         inner.pop("torch_dtype", None)
         inner["dtype"] = ST_TO_NAME[p.out_dtype]
     config["use_sep_token"] = False
@@ -322,7 +327,20 @@ def _write_tokenizer_files(p: ConversionPlan, folder: Path) -> None:
         data = _read_json(special)
         data["pad_token"] = p.pad_token
         special.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    (folder / "chat_template.jinja").write_text(chat_template(p.recipe.template), encoding="utf-8")
+    (folder / "chat_template.jinja").write_text(chat_template(p.recipe.template, _image_text(p)), encoding="utf-8")
+
+
+def _image_text(p: ConversionPlan) -> str | None:
+    """``<|vision_start|><|image_pad|><|vision_end|>`` of a vision-language source (None for text models)."""
+    ids = [p.source.config.get(k) for k in ("vision_start_token_id", "image_token_id", "vision_end_token_id")]
+    if not all(isinstance(i, int) for i in ids):
+        return None
+    try:
+        tokenizer = load_tokenizer(p.source.folder)
+    except UsageError:
+        return None
+    texts = [tokenizer.token_text(i) for i in ids]
+    return "".join(texts) if all(texts) else None
 
 
 @dataclass

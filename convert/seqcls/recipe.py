@@ -390,9 +390,12 @@ def _jinja_part(text: str, names: dict[str, str]) -> str:
     return "".join(out)
 
 
-def chat_template(template: Template) -> str:
+def chat_template(template: Template, image_text: str | None = None) -> str:
     """A Jinja chat template over messages with roles ``query`` and ``document`` (and optional
-    ``instruction``/``system``, or an ``instruction=`` kwarg) that renders exactly ``template.render``."""
+    ``instruction``/``system``, or an ``instruction=`` kwarg) that renders exactly ``template.render``.
+
+    With ``image_text`` (vision-language models, e.g. ``<|vision_start|><|image_pad|><|vision_end|>``),
+    ``image``/``image_url`` content parts render as that text, for the serving engine to expand."""
     names = {"query": "ns.query", "document": "ns.document", "instruction": "ns.inst"}
     default = "none" if template.instruction is None else json.dumps(template.instruction, ensure_ascii=False)
     fmt = _jinja_part(template.instruction_format, {"instruction": "ns.instruction"})
@@ -407,7 +410,9 @@ def chat_template(template: Template) -> str:
         "{%- for message in messages -%}\n"
         "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}\n"
         "{%- else -%}{%- set ns.text = '' -%}{%- for part in message['content'] -%}\n"
-        "{%- if part['type'] == 'text' -%}{%- set ns.text = ns.text ~ part['text'] -%}{%- endif -%}\n"
+        "{%- if part['type'] == 'text' -%}{%- set ns.text = ns.text ~ part['text'] -%}"
+        + ("{%- elif part['type'] in ['image', 'image_url'] -%}{%- set ns.text = ns.text ~ " + json.dumps(image_text) + " -%}" if image_text else "")
+        + "{%- endif -%}\n"
         "{%- endfor -%}{%- endif -%}\n"
         "{%- if message['role'] == 'query' -%}{%- set ns.query = ns.text -%}\n"
         "{%- elif message['role'] == 'document' -%}{%- set ns.document = ns.text -%}\n"

@@ -150,6 +150,7 @@ def score_command(
     model: Annotated[str, typer.Argument(help="A folder written by `seqcls convert` (or a Hub repo id of one).")],
     query: Annotated[Optional[list[str]], typer.Option("--query", help="The query (repeat it once per document for N:N pairs).")] = None,
     document: Annotated[Optional[list[str]], typer.Option("--document", help="A document to score; repeat for several.")] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", help="An image document (local file or data: URL; never fetched) for vision-language models; repeat for several, scored after the --document texts.")] = None,
     input_file: Annotated[Optional[Path], typer.Option("--input", help="JSONL of {\"query\", \"document\"} or {\"query\", \"documents\"} lines ('-' reads stdin).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="With --input: write the JSONL results to this file instead of stdout.")] = None,
     top_n: Annotated[Optional[int], typer.Option("--top-n", min=0, help="Keep only the best N documents per query (0: all).")] = None,
@@ -164,11 +165,11 @@ def score_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")] = False,
 ) -> None:
     """Score query-document pairs with a converted model (probabilities unless --raw)."""
-    if input_file is not None and (query or document):
-        raise UsageError("Pass either --query/--document or --input FILE.jsonl, not both.")
+    if input_file is not None and (query or document or image):
+        raise UsageError("Pass either --query/--document/--image or --input FILE.jsonl, not both.")
     if input_file is None:
-        if not query or not document:
-            raise UsageError("Pass --query and at least one --document, or --input FILE.jsonl.")
+        if not query or not (document or image):
+            raise UsageError("Pass --query and at least one --document (or --image), or --input FILE.jsonl.")
         if output is not None:
             raise UsageError("--output goes with --input; with --query/--document use --json and redirect stdout.")
     records = _read_jsonl(input_file) if input_file is not None else None
@@ -194,9 +195,11 @@ def score_command(
             sys.stderr.write(f"Scored {total} pairs from {len(records)} lines in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} pairs/s) on {scorer.device}.\n")
         return
 
-    assert query is not None and document is not None
+    assert query is not None
+    items: list[Any] = list(document or []) + [{"type": "image_url", "image_url": {"url": x}} for x in image or []]
+    document = list(document or []) + [f"[image] {x if not x.startswith('data:') else x[:40] + '...'}" for x in image or []]
     with _Progress(not quiet and not json_out, len(document)) as progress:
-        result = scorer.score(query if len(query) > 1 else query[0], document, instruction=instruction, raw=raw,
+        result = scorer.score(query if len(query) > 1 else query[0], items, instruction=instruction, raw=raw,
                               progress=progress.callback())
     single = len(query) == 1
     order = list(range(len(document)))

@@ -28,6 +28,7 @@ def serve_command(
     batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", min=0.0, help="How long a request may wait for others to be batched with.")] = DEFAULT_BATCH_WINDOW_MS,
     log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "info",
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+    allowed_local_media_path: Annotated[Optional[str], typer.Option("--allowed-local-media-path", help="Folder whose images requests may name by file path (vision-language models); otherwise only data URLs.")] = None,
 ) -> None:
     """Serve a converted model over HTTP: /score, /rerank, /v1/rerank, /v2/rerank (vLLM, Cohere, Jina, TEI)."""
     import logging
@@ -53,7 +54,7 @@ def serve_command(
     serve(model, host=host, port=port, device=device, dtype=dtype, api_key=api_key, served_model_name=served_model_name,
           max_batch_tokens=max_batch_tokens, max_documents=max_documents, max_body_bytes=max_body_bytes,
           max_concurrent=max_concurrent, batch_window_ms=batch_window_ms, log_level=level, access_log=access_log,
-          on_listen=listening)
+          on_listen=listening, allowed_local_media_path=allowed_local_media_path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import UsageError
+from ..multimodal import has_images, is_multimodal, plain_text
 from .folder import ModelFolder, load_folder
 from .prompts import PromptEncoder, load_tokenizer
 
@@ -65,11 +66,12 @@ class ScoreResult:
 
 @dataclass
 class RerankItem:
-    """One ranked document: its index in the input, its score, and its text (when returned)."""
+    """One ranked document: its index in the input, its score, and the document as given (when returned:
+    its text, or for a vision-language model the image or content list that was passed)."""
 
     index: int
     score: float
-    document: str | None = None
+    document: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "score": self.score}
@@ -99,30 +101,42 @@ class RerankResult:
         return {"results": [r.to_dict() for r in self.results], "truncated": self.truncated, "usage": self.usage.to_dict()}
 
 
-def _as_list(value: Any, name: str) -> list[str]:
+TEXT_ONLY = ("this model scores text only; send plain text (image documents need a converted "
+             "vision-language reranker such as Qwen3-VL-Reranker).")
+
+
+def _as_list(value: Any, name: str, content: bool = False) -> list[Any]:
+    """A side as a list of items: strings, or (``content``) also images and content lists, normalised
+    by ``seqcls.multimodal.content_parts``."""
     if isinstance(value, str):
         return [value]
-    if isinstance(value, dict) or not isinstance(value, Sequence):
-        raise UsageError(f"{name} must be a string or a list of strings, not {type(value).__name__}.")
-    items = list(value)
+    single = isinstance(value, dict) or not isinstance(value, Sequence)
+    if single and not content:
+        raise UsageError(f"{name} must be a string or a list of strings, not {type(value).__name__}" + (f"; {TEXT_ONLY}" if isinstance(value, dict) else "."))
+    items = [value] if single else list(value)
     if not items:
         raise UsageError(f"{name} is empty; pass at least one.")
+    if content:
+        from ..multimodal import content_parts
+
+        return [content_parts(item, f"{name}[{i}]" if not single else name) for i, item in enumerate(items)]
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise UsageError(f"{name}[{i}] is {type(item).__name__}, not a string; pass plain text (this runtime scores text only).")
+            raise UsageError(f"{name}[{i}] is {type(item).__name__}, not a string; {TEXT_ONLY}")
     return items
 
 
-def make_pairs(queries: str | Sequence[str], documents: str | Sequence[str]) -> tuple[list[str], list[str]]:
+def make_pairs(queries: Any, documents: Any, content: bool = False) -> tuple[list[Any], list[Any]]:
     """Expand queries and documents into aligned pairs with vLLM's rules.
 
     One query with any number of documents (1:1, 1:N), or as many queries as documents (N:N).
+    With ``content``, items may also be images or content lists (vision-language models).
 
     Raises:
-        UsageError: for empty input, non-string items, or other length combinations.
+        UsageError: for empty input, non-string items (text models), or other length combinations.
     """
-    q = _as_list(queries, "queries")
-    d = _as_list(documents, "documents")
+    q = _as_list(queries, "queries", content)
+    d = _as_list(documents, "documents", content)
     if len(q) == 1:
         return q * len(d), d
     if len(q) != len(d):
@@ -137,7 +151,8 @@ class Scorer:
     """Scores (query, document) pairs with a converted ``*ForSequenceClassification`` folder.
 
     Reads the recipe and template from the folder, tokenises pairs exactly as transformers would,
-    and runs the packed, prefix-sharing engine (GPU when available).
+    and runs the packed, prefix-sharing engine (GPU when available). Vision-language folders
+    (Qwen3-VL) run transformers' backbone instead (``runtime.vision``) and accept image documents.
 
     Args:
         model_or_dir: the output folder of ``seqcls convert`` (or a Hub repo id of one).
@@ -190,7 +205,15 @@ class Scorer:
         from .engine import Engine, resolve_devices, resolve_dtype
 
         devices = resolve_devices(device)
-        self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens, fast)
+        self.prompter = None
+        if is_multimodal(self.folder.architecture):
+            from ..multimodal import MultimodalPrompter
+            from .vision import VisionEngine
+
+            self.prompter = MultimodalPrompter(self.folder.path, self.tokenizer, self.folder.template)
+            self.engine: Any = VisionEngine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), batch_tokens)
+        else:
+            self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens, fast)
 
     # -- properties
 
@@ -201,6 +224,11 @@ class Scorer:
     @property
     def labels(self) -> list[str]:
         return self.folder.labels
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether queries and documents may hold images (a converted vision-language reranker)."""
+        return self.prompter is not None
 
     @property
     def max_length(self) -> int:
@@ -243,10 +271,8 @@ class Scorer:
             >>> ids = scorer.tokenize("capital of France?", ["Paris is...", "Berlin is..."])
             >>> scorer.score_tokens(ids).scores  # the same scores as scorer.score(...)
         """
-        q, d = make_pairs(queries, documents)
-        self._check_instruction(instruction)
-        return self.encoder.encode(q, d, instruction, truncate=self.truncate if truncate is None else truncate,
-                                   max_length=max_length, max_document_tokens=max_document_tokens).ids
+        ids, _ = self._encode(queries, documents, instruction, truncate, max_length, max_document_tokens)
+        return [p if isinstance(p, list) else p.ids for p in ids]
 
     def score(
         self,
@@ -265,7 +291,11 @@ class Scorer:
 
         Args:
             queries: one query (str) or a list: one query for all documents, or one per document.
-            documents: one document or a list.
+            documents: one document or a list. For a vision-language model (``scorer.multimodal``) an
+                item may also be an image: a PIL image, ``{"type": "image_url", "image_url": {"url":
+                "data:image/png;base64,..." or a local path}}``, ``{"type": "image", "image": ...}``, or a
+                content list / ``{"content": [...]}`` of text and image parts (queries likewise). Remote
+                URLs are refused; pairs with images run one per forward pass and are never truncated.
             instruction: replaces the recipe's default instruction ("" for none).
             raw: return raw logits instead of probabilities (one-label models).
             softmax: for multi-label models, return softmax rows instead of raw logits.
@@ -280,12 +310,12 @@ class Scorer:
         Example:
             >>> scorer.score("what is a panda?", ["The giant panda is a bear.", "Paris"]).scores
         """
-        q, d = make_pairs(queries, documents)
-        self._check_instruction(instruction)
-        encoded = self.encoder.encode(q, d, instruction, truncate=self.truncate if truncate is None else truncate,
-                                      max_length=max_length, max_document_tokens=max_document_tokens)
-        logits = self._run(encoded.ids, progress)
-        return self._result(logits, encoded.ids, encoded.truncated, raw, softmax)
+        prompts, truncated = self._encode(queries, documents, instruction, truncate, max_length, max_document_tokens)
+        if any(not isinstance(p, list) for p in prompts):  # pairs with images: the vision engine, pair by pair
+            logits = self.engine.run(self.engine.plan(prompts), len(prompts), self._advance(len(prompts), progress))
+            return self._result(logits, [p if isinstance(p, list) else p.ids for p in prompts], truncated, raw, softmax)
+        logits = self._run(prompts, progress)
+        return self._result(logits, prompts, truncated, raw, softmax)
 
     def score_tokens(self, token_ids: Sequence[Sequence[int]], *, raw: bool = False, softmax: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> ScoreResult:
@@ -353,13 +383,18 @@ class Scorer:
             >>> best = scorer.rerank("capital of France?", docs, top_n=1)[0]
             >>> docs[best.index]
         """
-        if not isinstance(query, str):
-            raise UsageError(f"query must be a string, not {type(query).__name__}.")
+        if not isinstance(query, str) and not self.multimodal:
+            raise UsageError(f"query must be a string, not {type(query).__name__}; {TEXT_ONLY}")
         if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
             raise UsageError(f"top_n must be a non-negative integer, not {top_n!r}.")
         if self.num_labels != 1:
             raise UsageError(f"rerank needs a one-label model, this one has {self.num_labels} labels ({', '.join(self.labels)}); use score() instead.")
-        docs = _as_list(documents, "documents")
+        if self.multimodal and not isinstance(documents, str):  # items may be images or content lists
+            docs = list(documents) if isinstance(documents, Sequence) else [documents]
+            if not docs:
+                raise UsageError("documents is empty; pass at least one.")
+        else:
+            docs = _as_list(documents, "documents")
         result = self.score(query, docs, instruction=instruction, raw=raw, truncate=truncate, max_length=max_length,
                             max_document_tokens=max_document_tokens, progress=progress)
         order = sorted(range(len(docs)), key=lambda i: (-result.scores[i], i))
@@ -369,6 +404,43 @@ class Scorer:
         return RerankResult(items, result.usage, result.truncated)
 
     # -- internals
+
+    def _encode(self, queries: Any, documents: Any, instruction: str | None, truncate: bool | None,
+                max_length: int | None, max_document_tokens: int | None) -> tuple[list[Any], list[int]]:
+        """Token ids per pair (a MultimodalPrompt for pairs with images) and the truncated pairs' indices.
+
+        Text (and content without images) goes through the PromptEncoder, truncation included; pairs
+        with images are rendered with expanded image pads and never truncated."""
+        q, d = make_pairs(queries, documents, content=self.multimodal)
+        self._check_instruction(instruction)
+        with_images = [i for i in range(len(q)) if has_images(q[i]) or has_images(d[i])] if self.multimodal else []
+        text_rows = [i for i in range(len(q)) if not (with_images and (has_images(q[i]) or has_images(d[i])))]
+        out: list[Any] = [None] * len(q)
+        truncated: list[int] = []
+        if text_rows:
+            encoded = self.encoder.encode([plain_text(q[i]) for i in text_rows], [plain_text(d[i]) for i in text_rows], instruction,
+                                          truncate=self.truncate if truncate is None else truncate,
+                                          max_length=max_length, max_document_tokens=max_document_tokens)
+            for row, ids in zip(text_rows, encoded.ids):
+                out[row] = ids
+            truncated = [text_rows[k] for k in encoded.truncated]
+        limit = self.max_length if max_length is None else min(int(max_length), self.max_length)
+        for i in with_images:
+            assert self.prompter is not None
+            out[i] = self.prompter.encode(q[i], d[i], instruction, max_length=limit, index=i)
+        return out, truncated
+
+    @staticmethod
+    def _advance(total: int, progress: Callable[[int, int], None] | None) -> Callable[[int], None] | None:
+        if progress is None:
+            return None
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            progress(done[0], total)
+
+        return advance
 
     def _check_instruction(self, instruction: Any) -> None:
         if instruction is not None and not isinstance(instruction, str):
@@ -382,14 +454,7 @@ class Scorer:
         else:
             groups = [PrefixGroup(list(range(len(seqs))), 0)]
         packs = self.engine.plan(seqs, groups)
-        done = [0]
-        total = len(seqs)
-
-        def advance(n: int) -> None:
-            done[0] += n
-            progress(done[0], total)
-
-        return self.engine.run(packs, total, advance if progress else None)
+        return self.engine.run(packs, len(seqs), self._advance(len(seqs), progress))
 
     def _result(self, logits, seqs: list[list[int]], truncated: list[int], raw: bool, softmax: bool) -> ScoreResult:
         lengths = [len(s) for s in seqs]

@@ -55,12 +55,22 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # ---------------------------------------------------------------- request schemas
 
 
-class TextPart(BaseModel):
-    """A part of a vLLM-style content list. Only text parts are accepted: this runtime scores text, so
-    an ``image_url`` part is answered 400 ("image documents are not supported by this model")."""
+class ImageURL(BaseModel):
+    """vLLM/OpenAI ``image_url`` object."""
 
-    type: Literal["text"] = Field(description='"text".')
-    text: str = Field(description="The text.")
+    url: str = Field(description="A base64 data URL (data:image/png;base64,...). Remote URLs are refused (never fetched); "
+                                 "local file paths only inside the folder the operator allowed (--allowed-local-media-path).")
+
+
+class ContentPart(BaseModel):
+    """A part of a vLLM-style content list: ``{"type": "text", "text": ...}`` or
+    ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``. Image parts need a
+    vision-language model (others answer 400 "image documents are not supported by this model");
+    any other type is answered 400."""
+
+    type: str = Field(description='"text" or "image_url".', json_schema_extra={"examples": ["text", "image_url"]})
+    text: Optional[str] = Field(None, description='The text (type "text").')
+    image_url: Optional[Union[ImageURL, str]] = Field(None, description='The image (type "image_url"): {"url": ...} or the URL itself.')
 
 
 def _one_of_keys(*groups: tuple[str, ...], among: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -98,7 +108,7 @@ class TextObject(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"oneOf": _one_of_keys(("text",), ("content",))})
     text: str = Field(None, description="The text of the document.")
-    content: list[TextPart] = Field(None, min_length=1, description="vLLM content form: text parts, joined with newlines (image parts are refused with 400: not supported by this model).")
+    content: list[ContentPart] = Field(None, min_length=1, description="vLLM content form: text parts (joined with newlines) and, for vision-language models, image_url parts.")
 
     @model_validator(mode="after")
     def _text_or_content(self) -> "TextObject":
@@ -327,8 +337,7 @@ def error_response(status: int, message: str, param: str | None = None, headers:
     return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
 
 
-_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "TextObject", "TextPart"}
-_IMAGE_TYPES = {"image_url", "image", "input_image", "image_pil", "image_embeds"}
+_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "TextObject", "ContentPart", "ImageURL"}
 
 
 def _param(loc: Any) -> str | None:
@@ -346,11 +355,6 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[int, str, str | N
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")
         return 400, f"The request body is not valid JSON ({detail}); send a JSON object.", None
-    for e in errors:  # an image part fails the text-only schema: say why in the words HTTP_API.md uses
-        loc = e.get("loc", ())
-        value = e.get("input")
-        if len(loc) >= 2 and loc[-1] == "type" and "content" in loc and isinstance(value, str) and value in _IMAGE_TYPES:
-            return 400, "image documents are not supported by this model; send text.", _param(loc[:-1])
     param = _param(first.get("loc", ()))
     if param is None and first.get("type") == "missing":
         return 422, "The request body is empty; send a JSON object.", None
@@ -446,8 +450,9 @@ class ServerState:
 
     def __init__(self, loader: Callable[[], Any] | None, scorer: Any, *, api_key: str | None, served_model_name: str | None,
                  max_documents: int, max_body_bytes: int, max_concurrent: int, max_batch_tokens: int | None,
-                 batch_window_ms: float, model_label: str):
+                 batch_window_ms: float, model_label: str, media_dir: Path | None = None):
         self.loader = loader
+        self.media_dir = media_dir  # --allowed-local-media-path, resolved; None: no local files
         self.scorer = scorer
         self.load_error: str | None = None
         self.api_key = api_key
@@ -520,12 +525,33 @@ class ServerState:
                 )
             raise ApiError(400, message) from None
 
-    async def logits(self, ids: list[list[int]], scope: dict[str, Any]) -> Any:
-        assert self.batcher is not None
+    def _arrived(self, scope: dict[str, Any]) -> None:
         ticket = scope.get(_ARRIVING)
         if ticket and ticket[0]:
             ticket[0] = False
             self.arriving -= 1
+
+    async def pair_logits(self, queries: Any, documents: Any, scope: dict[str, Any], **options: Any) -> tuple[Any, list[int]]:
+        """Raw logits and prompt lengths of the pairs: text through the batcher, pairs with images
+        through ``Scorer.score`` (the vision engine runs them one by one)."""
+        items = (queries if isinstance(queries, list) else [queries]) + (documents if isinstance(documents, list) else [documents])
+        if not any(_has_image(item) for item in items):
+            ids = await self.tokenize(queries, documents, **options)
+            return await self.logits(ids, scope), [len(x) for x in ids]
+        scorer = self.scorer
+        if not getattr(scorer, "multimodal", False):
+            raise ApiError(400, "image documents are not supported by this model; send text.")
+        self._arrived(scope)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.pool, lambda: scorer.score(queries, documents, raw=True, **options))
+        except UsageError as exc:
+            raise ApiError(400, str(exc)) from None
+        return result.logits, list(result.num_tokens)
+
+    async def logits(self, ids: list[list[int]], scope: dict[str, Any]) -> Any:
+        assert self.batcher is not None
+        self._arrived(scope)
         try:
             future = self.batcher.submit(ids)
         except RuntimeError:
@@ -671,21 +697,67 @@ def _check_text(text: str, param: str) -> str:
     return text
 
 
-def _text_of(item: Any, param: str) -> str:
+def _item_of(item: Any, param: str, media_dir: Path | None) -> Any:
+    """A request's query or document as the Scorer takes it: text, or a content list with images."""
     if isinstance(item, str):
         return _check_text(item, param)
-    if item.content is not None:
-        return "\n".join(_check_text(part.text, f"{param}.content[{k}].text") for k, part in enumerate(item.content))
-    return _check_text(item.text, param)
+    if item.content is None:
+        return _check_text(item.text, param)
+    parts: list[Any] = []
+    for k, part in enumerate(item.content):
+        where = f"{param}.content[{k}]"
+        if part.type == "text":
+            if part.text is None:
+                raise ApiError(400, f'{where} is a text part without `text`; send {{"type": "text", "text": "..."}}.', where)
+            parts.append(_check_text(part.text, f"{where}.text"))
+        elif part.type in _IMAGE_PARTS:
+            url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+            if not url:
+                raise ApiError(400, f'{where} has no image_url; send {{"type": "image_url", "image_url": {{"url": "data:image/png;base64,..."}}}}.', where)
+            parts.append({"type": "image_url", "image_url": {"url": _media_url(url, where, media_dir)}})
+        else:
+            raise ApiError(400, f'{where} has unsupported content type {part.type!r}; send parts of type "text" or "image_url".', where)
+    if not any(isinstance(p, dict) for p in parts):
+        return "\n".join(parts)
+    return parts
 
 
-def _side(value: Any, param: str) -> tuple[Any, int]:
-    """A request side as the Scorer takes it (str, or list of str) and its length."""
+_IMAGE_PARTS = ("image_url", "input_image")
+
+
+def _media_url(url: str, param: str, media_dir: Path | None) -> str:
+    """Data URLs pass; a local path only inside the operator's --allowed-local-media-path; never a fetch."""
+    head = url[:16].lower()
+    if head.startswith("data:") or head.startswith(("http://", "https://", "ftp://")):
+        return url  # remote URLs are refused with their own message by seqcls.multimodal
+    path = Path(url[7:] if head.startswith("file://") else url)
+    if media_dir is None:
+        raise ApiError(400, f"{param}: local file paths are not allowed on this server; send the image as a base64 data URL "
+                            "(or start the server with --allowed-local-media-path DIR).", param)
+    try:
+        resolved = (media_dir / path).resolve() if not path.is_absolute() else path.resolve()
+        resolved.relative_to(media_dir)
+    except (OSError, ValueError):
+        raise ApiError(400, f"{param}: {url[:80]} is outside the allowed media folder {media_dir}; send a data URL or a file inside it.", param) from None
+    return str(resolved)
+
+
+def _has_image(item: Any) -> bool:
+    return isinstance(item, list) and any(isinstance(p, dict) for p in item)
+
+
+def _side(value: Any, param: str, media_dir: Path | None) -> tuple[Any, int]:
+    """A request side as the Scorer takes it (one item, or a list of them) and its length."""
     if isinstance(value, list):
         if not value:
             raise ApiError(400, f"{param} is empty; pass at least one text.", param)
-        return [_text_of(item, f"{param}[{i}]") for i, item in enumerate(value)], len(value)
-    return _text_of(value, param), 1
+        return [_item_of(item, f"{param}[{i}]", media_dir) for i, item in enumerate(value)], len(value)
+    return _item_of(value, param, media_dir), 1
+
+
+def _shown_text(item: Any) -> str:
+    """What a rerank result shows as ``document.text``: the text, or the text parts of a content list."""
+    return item if isinstance(item, str) else "\n".join(p for p in item if isinstance(p, str))
 
 
 def _truncation(truncate_prompt_tokens: int | None, max_tokens_per_doc: int | None = None, allow: bool | None = None) -> dict[str, Any]:
@@ -728,6 +800,7 @@ def create_app(
     batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
     device: str = "auto",
     dtype: str = "auto",
+    allowed_local_media_path: str | Path | None = None,
 ) -> FastAPI:
     """The FastAPI app of ``seqcls serve``.
 
@@ -744,6 +817,8 @@ def create_app(
             When the app loads the model itself, also the engine's tokens per forward pass.
         batch_window_ms: how long a request may wait for others to batch with.
         device, dtype: for a model the app loads itself.
+        allowed_local_media_path: a folder whose image files requests may name by path (vision-language
+            models); without it only data URLs are accepted. Remote URLs are always refused.
 
     Returns:
         FastAPI: the ASGI app; run it with uvicorn (``serve`` does).
@@ -766,9 +841,14 @@ def create_app(
         label = str(getattr(scorer, "model_name", "model"))
     if max_documents < 1 or max_body_bytes < 1 or max_concurrent < 1:
         raise UsageError("max_documents, max_body_bytes and max_concurrent must be positive.")
+    media_dir = None
+    if allowed_local_media_path is not None:
+        media_dir = Path(allowed_local_media_path).expanduser().resolve()
+        if not media_dir.is_dir():
+            raise UsageError(f"--allowed-local-media-path {allowed_local_media_path} is not a folder; pass an existing folder of images.")
     state = ServerState(loader, scorer, api_key=api_key or None, served_model_name=served_model_name or None,
                         max_documents=max_documents, max_body_bytes=max_body_bytes, max_concurrent=max_concurrent,
-                        max_batch_tokens=max_batch_tokens, batch_window_ms=batch_window_ms, model_label=label)
+                        max_batch_tokens=max_batch_tokens, batch_window_ms=batch_window_ms, model_label=label, media_dir=media_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -819,24 +899,31 @@ def create_app(
 
     # -- scoring
 
-    async def score_pairs(body: ScoreRequest, scope: dict[str, Any]) -> dict[str, Any]:
+    async def run_pairs(qname: str, qvalue: Any, dname: str, dvalue: Any, *, instruction: str | None, options: dict[str, Any],
+                        raw: bool, scope: dict[str, Any]) -> tuple[list[Any], list[float], int]:
+        """What /score and /rerank share: limits, normalising both sides (text or content with images),
+        the 1:1/1:N/N:N rule, scoring. Returns (documents as normalised, scores, prompt tokens)."""
         scorer = state.require_scorer()
-        state.check_model(body.model)
-        (qname, qvalue), (dname, dvalue) = body.sides()
-        queries, nq = _side(qvalue, qname)
-        documents, nd = _side(dvalue, dname)
+        nd = len(dvalue) if isinstance(dvalue, list) else 1
+        if nd > state.max_documents:
+            raise ApiError(400, f"Too many documents: {nd}, over this server's limit of {state.max_documents} (--max-documents); split the request.", dname)
+        queries, nq = _side(qvalue, qname, state.media_dir)
+        documents, nd = _side(dvalue, dname, state.media_dir)
         if nq != 1 and nq != nd:
             raise ApiError(400, f"Input lengths must be either 1:1, 1:N or N:N (got {nq} {qname} and {nd} {dname}); "
                                 "pass one query, or exactly one query per document.", dname)
-        if nd > state.max_documents:
-            raise ApiError(400, f"Too many documents: {nd}, over this server's limit of {state.max_documents} (--max-documents); split the request.", dname)
         _one_label(scorer)
-        options = _truncation(body.truncate_prompt_tokens)
-        ids = await state.tokenize(queries, documents, instruction=body.instruction, **options)
-        logits = await state.logits(ids, scope)
-        scores = _scores(logits, raw=body.use_activation is False)
-        tokens = sum(len(x) for x in ids)
-        state.metrics.scored(len(ids), tokens)
+        logits, lengths = await state.pair_logits(queries, documents, scope, instruction=instruction, **options)
+        tokens = sum(lengths)
+        state.metrics.scored(len(lengths), tokens)
+        return documents if isinstance(documents, list) else [documents], _scores(logits, raw), tokens
+
+    async def score_pairs(body: ScoreRequest, scope: dict[str, Any]) -> dict[str, Any]:
+        state.require_scorer()
+        state.check_model(body.model)
+        (qname, qvalue), (dname, dvalue) = body.sides()
+        _, scores, tokens = await run_pairs(qname, qvalue, dname, dvalue, instruction=body.instruction,
+                                            options=_truncation(body.truncate_prompt_tokens), raw=body.use_activation is False, scope=scope)
         return {
             "id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": state.model_name,
             "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
@@ -844,36 +931,27 @@ def create_app(
         }
 
     async def rerank_docs(body: RerankRequest | AnyRerankRequest, version: str, scope: dict[str, Any]) -> Any:
-        scorer = state.require_scorer()
+        state.require_scorer()
         state.check_model(body.model)
         tei = isinstance(body, AnyRerankRequest) and body.texts is not None
         items: list[Any] = body.texts if tei else body.documents  # type: ignore[assignment]
         name = "texts" if tei else "documents"
         if not items:
             raise ApiError(400, f"{name} is empty; pass at least one document.", name)
-        if len(items) > state.max_documents:
-            raise ApiError(400, f"Too many documents: {len(items)}, over this server's limit of {state.max_documents} (--max-documents); split the request.", name)
-        query = _text_of(body.query, "query")
-        docs = [_text_of(item, f"{name}[{i}]") for i, item in enumerate(items)]
-        _one_label(scorer)
         allow = body.truncate if isinstance(body, AnyRerankRequest) else None
-        options = _truncation(body.truncate_prompt_tokens, body.max_tokens_per_doc, allow)
-        ids = await state.tokenize(query, docs, instruction=body.instruction, **options)
-        logits = await state.logits(ids, scope)
         raw = body.use_activation is False or (isinstance(body, AnyRerankRequest) and body.raw_scores)
-        scores = _scores(logits, raw)
-        tokens = sum(len(x) for x in ids)
-        state.metrics.scored(len(ids), tokens)
+        docs, scores, tokens = await run_pairs("query", body.query, name, list(items), instruction=body.instruction, raw=raw, scope=scope,
+                                               options=_truncation(body.truncate_prompt_tokens, body.max_tokens_per_doc, allow))
         order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
         if body.top_n:
             order = order[: body.top_n]
         if tei:
-            return [{"index": i, "score": scores[i], **({"text": docs[i]} if body.return_text else {})} for i in order]
+            return [{"index": i, "score": scores[i], **({"text": _shown_text(docs[i])} if body.return_text else {})} for i in order]
         results = []
         for i in order:
             item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
             if body.return_documents:
-                item["document"] = {"text": docs[i]}
+                item["document"] = {"text": _shown_text(docs[i])}
             results.append(item)
         return {
             "id": f"rerank-{uuid.uuid4().hex}", "model": state.model_name,
@@ -991,6 +1069,7 @@ def serve(
     log_level: str = "info",
     access_log: bool = False,
     on_listen: Callable[[str], None] | None = None,
+    allowed_local_media_path: str | Path | None = None,
 ) -> None:
     """Serve ``model`` over HTTP until SIGINT/SIGTERM (which finish the requests in flight first).
 
@@ -1010,7 +1089,7 @@ def serve(
         load_folder(model)  # a wrong folder fails here, in one sentence, before anything listens
     app = create_app(model, api_key=api_key, served_model_name=served_model_name, max_documents=max_documents,
                      max_body_bytes=max_body_bytes, max_concurrent=max_concurrent, max_batch_tokens=max_batch_tokens,
-                     batch_window_ms=batch_window_ms, device=device, dtype=dtype)
+                     batch_window_ms=batch_window_ms, device=device, dtype=dtype, allowed_local_media_path=allowed_local_media_path)
     sock = bind_socket(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
