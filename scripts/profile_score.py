@@ -139,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir")
     parser.add_argument("--json", dest="json_out")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--fast", default="auto", help="seqcls fast path: auto, on or off")
     parser.add_argument("--attention", action="store_true", help="also time the attention kernels on one pack")
     args = parser.parse_args(argv)
     if args.attention:
@@ -154,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = rng.integers(96, 640, size=args.pairs)
     seqs = [rng.integers(0, bench_score.QWEN3_06B["vocab_size"], size=int(n)).tolist() for n in lengths]
     tokens = int(lengths.sum())
-    kwargs = {} if args.fast == "auto" else {"fast": args.fast == "on"}
-    scorer = Scorer(folder, device="cuda:0", backend=args.backend, **kwargs)
+    scorer = Scorer(folder, device="cuda:0", backend=args.backend)
     for _ in range(2):
         scorer.score_tokens(seqs)
     seconds = bench_score.cuda_time(lambda: scorer.score_tokens(seqs), 3)

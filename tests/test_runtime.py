@@ -291,36 +291,6 @@ def test_dense_batches_fall_back_for_softcap_and_sliding_window(tmp_path, arch, 
     assert torch.allclose(got, reference_logits(folder, queries, docs), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("arch, extra", [
-    ("qwen3", {}), ("qwen2", {}), ("llama", {"attention_bias": True, "mlp_bias": True}), ("mistral", {"sliding_window": 24}),
-])
-def test_fast_path_equals_transformers_layers(tmp_path, arch, extra):
-    """seqcls' own Llama-family forward (fused projections, last layer only at the scored tokens) gives
-    transformers' scores on every layout: packed with and without shared prefixes, and dense batches."""
-    folder = seqcls_folder_without_converter(tmp_path / arch, arch, "qwen3", **extra)
-    queries, docs = _gpu_pairs()
-    queries = queries[:8] + [QUERY] * len(DOCS)
-    docs = docs[:8] + DOCS
-    reference = reference_logits(folder, queries, docs)
-    slow = seqcls.Scorer(folder, device="cpu", fast=False)
-    assert slow.engine.replicas[0].fast is None
-    assert torch.allclose(torch.tensor(slow.score(queries, docs, raw=True).logits), reference, atol=ATOL, rtol=0)
-    for kwargs in (dict(), dict(shared_prefix=False), dict(batch_tokens=64), dict(dense=True)):
-        dense = kwargs.pop("dense", False)
-        scorer = seqcls.Scorer(folder, device="cpu", fast=True, **kwargs)
-        assert scorer.engine.replicas[0].fast is not None
-        scorer.engine.replicas[0].dense = dense
-        got = torch.tensor(scorer.score(queries, docs, raw=True).logits)
-        assert torch.allclose(got, reference, atol=ATOL, rtol=0), (arch, kwargs, dense, (got - reference).abs().max())
-
-
-def test_fast_path_is_refused_where_it_does_not_apply(tmp_path):
-    folder = seqcls_folder_without_converter(tmp_path / "gemma2", "gemma2", "qwen3")
-    assert seqcls.Scorer(folder, device="cpu").engine.replicas[0].fast is None
-    with pytest.raises(UsageError, match="fast path cannot run Gemma2ForSequenceClassification"):
-        seqcls.Scorer(folder, device="cpu", fast=True)
-
-
 def test_prefix_groups_and_packs():
     from seqcls.runtime.engine import PrefixGroup, find_prefix_groups, plan_packs
 
@@ -546,7 +516,7 @@ SEQ_CLS = {"qwen3": "Qwen3ForSequenceClassification", "qwen2": "Qwen2ForSequence
            "mistral": "MistralForSequenceClassification", "phi3": "Phi3ForSequenceClassification"}
 
 
-def seqcls_folder_without_converter(folder: Path, arch: str, recipe: str, sliding_window: int | None = None, **config_extra) -> Path:
+def seqcls_folder_without_converter(folder: Path, arch: str, recipe: str, sliding_window: int | None = None) -> Path:
     import transformers
 
     from factory import tiny_config
@@ -556,8 +526,6 @@ def seqcls_folder_without_converter(folder: Path, arch: str, recipe: str, slidin
     config.architectures = [SEQ_CLS[arch]]
     if sliding_window is not None:
         config.sliding_window = sliding_window
-    for key, value in config_extra.items():
-        setattr(config, key, value)
     torch.manual_seed(0)
     model = getattr(transformers, SEQ_CLS[arch])(config).eval()
     with torch.no_grad():

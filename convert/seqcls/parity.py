@@ -260,7 +260,6 @@ def verify_folder(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .io.dtypes import ST_TO_NAME
     from .io.sources import Source, open_source
     from .recipe import load_recipe
 

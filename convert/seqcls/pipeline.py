@@ -370,7 +370,7 @@ def write(p: ConversionPlan, folder: Path, *, device: str = "auto", progress: Pr
             if tensor.name == p.mapping.score_key:
                 tensor.data = head_bytes
     advance = progress.start("Writing weights", p.shards.total_bytes)
-    files = write_shards(p.shards, folder, advance)
+    write_shards(p.shards, folder, advance)
     (folder / "config.json").write_text(json.dumps(output_config(p), indent=2, ensure_ascii=False) + "\n")
     _write_tokenizer_files(p, folder)
     (folder / "seqcls_recipe.yaml").write_text(p.recipe.to_yaml(), encoding="utf-8")

@@ -63,11 +63,6 @@ class PackContext:
     max_q: int = 0
     max_k: int = 0
     kv_index: torch.Tensor | None = None
-    scored_from: int = 0
-    last_cu_q: torch.Tensor | None = None
-    last_cu_k: torch.Tensor | None = None
-    last_max_k: int = 0
-    last_kv_index: torch.Tensor | None = None
 
     @property
     def has_prefix(self) -> bool:
@@ -75,17 +70,16 @@ class PackContext:
 
     @classmethod
     def build(cls, lengths: list[int], device: torch.device, *, use_flash: bool,
-              prefixes: list[tuple[int, int]] | None = None, scored_from: int = 0) -> "PackContext":
+              prefixes: list[tuple[int, int]] | None = None) -> "PackContext":
         """Layout for sequences of ``lengths``; ``prefixes[i]`` is the (start, length) in the stream of
-        the prefix sequence ``i`` continues, or (0, 0). Sequences from ``scored_from`` on are the scored
-        ones (those before are shared prefixes), whose last tokens ``attend_packed_last`` serves."""
+        the prefix sequence ``i`` continues, or (0, 0)."""
         lens = np.asarray(lengths, dtype=np.int64)
         starts = np.zeros_like(lens)
         np.cumsum(lens[:-1], out=starts[1:])
         spans = prefixes or [(0, 0)] * len(lengths)
         p_starts = np.asarray([a for a, _ in spans], dtype=np.int64)
         p_lens = np.asarray([b for _, b in spans], dtype=np.int64)
-        ctx = cls(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist(), use_flash, scored_from=scored_from)
+        ctx = cls(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist(), use_flash)
         if use_flash:
             kv_lens = lens + p_lens
             cu_q = np.zeros(len(lens) + 1, dtype=np.int32)
@@ -103,20 +97,6 @@ class PackContext:
                     for s, n, a, b in zip(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist())
                 ])
                 ctx.kv_index = to_device(index, device)
-            # the last layer: one query per scored sequence over its prefix's keys and its own
-            last = slice(scored_from, None)
-            kv_last = kv_lens[last]
-            ctx.last_cu_q = to_device(np.arange(len(kv_last) + 1, dtype=np.int32), device)
-            cu_last = np.zeros(len(kv_last) + 1, dtype=np.int32)
-            np.cumsum(kv_last, out=cu_last[1:])
-            ctx.last_cu_k = to_device(cu_last, device)
-            ctx.last_max_k = int(kv_last.max()) if len(kv_last) else 0
-            if p_lens.any() or scored_from:
-                index = np.concatenate([
-                    np.concatenate([np.arange(a, a + b), np.arange(s, s + n)]) if b else np.arange(s, s + n)
-                    for s, n, a, b in zip(starts[last].tolist(), lens[last].tolist(), p_starts[last].tolist(), p_lens[last].tolist())
-                ])
-                ctx.last_kv_index = to_device(index, device)
         return ctx
 
 
@@ -167,9 +147,7 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, 
         # contiguous 4-D inputs and native GQA take the fused (flash) SDPA kernel on CPU, not the math one
         q4, k4, v4 = q.contiguous()[None], k.contiguous()[None], v.contiguous()[None]
         gqa = q.shape[0] != k.shape[0]
-        if q_len == 1 and prefix == kv_len - 1 and (window is None or window >= kv_len):  # a last token sees everything
-            out = F.scaled_dot_product_attention(q4, k4, v4, scale=scaling, enable_gqa=gqa)
-        elif prefix == 0 and (window is None or window >= kv_len):
+        if prefix == 0 and (window is None or window >= kv_len):
             out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=gqa)
         else:
             mask = torch.zeros(q_len, kv_len, dtype=q.dtype, device=q.device)
@@ -218,57 +196,23 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                                       sliding_window=sliding_window, softcap=softcap, **kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    # [1, H, T, D] -> [T, H, D]
-    out = attend_packed(ctx, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), scaling, sliding_window, softcap)
-    return out.unsqueeze(0), None
-
-
-def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,
-           scaling: float, sliding_window: int | None) -> torch.Tensor:
-    window = -1 if sliding_window is None else int(sliding_window) - 1
-    return torch.ops.aten._flash_attention_forward(
-        q.contiguous(), k.contiguous(), v.contiguous(), cu_q, cu_k, max_q, max_k,
-        0.0, True, False, scale=float(scaling), window_size_left=window, window_size_right=-1 if window < 0 else 0,
-    )[0]
-
-
-def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-                  sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
-    """Packed attention: q [T, H, D], k/v [T, KVH, D] -> [T, H, Dv], each sequence attending to its
-    prefix's keys and values (if any) and, causally, its own."""
+    q = query[0].transpose(0, 1)  # [T, H, D]
+    k = key[0].transpose(0, 1)  # [T, KVH, D]
+    v = value[0].transpose(0, 1)
     if ctx.use_flash and softcap is None:
         if ctx.kv_index is not None:
             k = k.index_select(0, ctx.kv_index)
             v = v.index_select(0, ctx.kv_index)
-        return _flash(q, k, v, ctx.cu_q, ctx.cu_k, ctx.max_q, ctx.max_k, scaling, sliding_window)
+        window = -1 if sliding_window is None else int(sliding_window) - 1
+        out = torch.ops.aten._flash_attention_forward(
+            q.contiguous(), k.contiguous(), v.contiguous(), ctx.cu_q, ctx.cu_k, ctx.max_q, ctx.max_k,
+            0.0, True, False, scale=float(scaling), window_size_left=window, window_size_right=-1 if window < 0 else 0,
+        )[0]
+        return out.unsqueeze(0), None
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     with _single_thread(q.device):
         _attend_each(ctx, q, k, v, out, scaling, sliding_window, softcap)
-    return out
-
-
-def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-                       sliding_window: int | None = None) -> torch.Tensor:
-    """The last token of each scored sequence attending: q [N, H, D] (one row per sequence from
-    ``ctx.scored_from`` on), k/v [T, KVH, D] of the whole stream -> [N, H, Dv]."""
-    if ctx.use_flash:
-        if ctx.last_kv_index is not None:
-            k = k.index_select(0, ctx.last_kv_index)
-            v = v.index_select(0, ctx.last_kv_index)
-        return _flash(q, k, v, ctx.last_cu_q, ctx.last_cu_k, 1, ctx.last_max_k, scaling, sliding_window)
-    out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-    spans = zip(ctx.starts[ctx.scored_from:], ctx.lengths[ctx.scored_from:], ctx.prefix_starts[ctx.scored_from:], ctx.prefix_lens[ctx.scored_from:])
-    with _single_thread(q.device):
-        for row, (start, n, p_start, shared) in enumerate(spans):
-            ki, vi = k[start:start + n], v[start:start + n]
-            if shared:
-                ki = torch.cat([k[p_start:p_start + shared], ki])
-                vi = torch.cat([v[p_start:p_start + shared], vi])
-            if sliding_window is not None and ki.shape[0] > sliding_window:
-                ki, vi = ki[-sliding_window:], vi[-sliding_window:]
-            qi = q[row:row + 1].transpose(0, 1)
-            out[row:row + 1] = _attend_one(qi, ki.transpose(0, 1), vi.transpose(0, 1), ki.shape[0] - 1, scaling, None, None)
-    return out
+    return out.unsqueeze(0), None
 
 
 def _attend_each(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,

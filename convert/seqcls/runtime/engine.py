@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .attention import (ATTN_NAME, DENSE_NAME, PackContext, active, attend_packed, attend_packed_last, flash_supported,
-                        register, to_device)
+from .attention import ATTN_NAME, DENSE_NAME, PackContext, active, flash_supported, register, to_device
 
 BACKENDS = ("auto", "packed", "padded")
 DEFAULT_BUDGET = {("cuda", "packed"): 65536, ("cuda", "padded"): 65536, ("cpu", "packed"): 4096, ("cpu", "padded"): 4096}
@@ -294,12 +293,9 @@ class DeviceEngine:
         dtype: the compute dtype.
         backend: ``packed`` or ``padded`` (``auto``: packed where the architecture allows it).
         compile: compile each decoder layer with ``torch.compile`` (``auto``: on CUDA when Triton is present).
-        fast: run Llama-family models through ``fastpath.FastDecoder`` (``auto``: wherever it applies on
-            the packed backend; False: transformers' decoder layers).
     """
 
-    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", compile: bool | str = "auto",
-                 fast: bool | str = "auto"):
+    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", compile: bool | str = "auto"):
         requested = backend
         if backend not in BACKENDS:
             raise UsageError(f"Unknown backend {backend!r}; use auto, packed or padded.")
@@ -345,17 +341,7 @@ class DeviceEngine:
         self.compiled = False
         if compile == "auto":
             compile = device.type == "cuda" and _has_triton()
-        self.fast = None
-        if self.backend == "packed" and fast is not False:
-            from . import fastpath
-
-            reason = fastpath.supported(model)
-            if reason is None and self.softcap is None:
-                self.fast = fastpath.FastDecoder(model, compile=bool(compile))
-                self.compiled = self.fast.compiled
-            elif fast is True:
-                raise UsageError(f"The fast path cannot run {type(model).__name__}: {reason or 'soft-capped attention'}; use fast='auto' or False.")
-        if compile and self.backend == "packed" and self.fast is None:
+        if compile and self.backend == "packed":
             self._compile_layers()
 
     def _compile_layers(self) -> None:
@@ -399,17 +385,11 @@ class DeviceEngine:
         seq_spans = [spans[j] if j >= 0 else (0, 0) for j in prefix_of]
         offsets = [0] * len(prefixes) + [n for _, n in seq_spans]
         ids, pos, lengths = self._stream(stream, offsets)
-        ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans,
-                                scored_from=len(prefixes))
-        last = to_device(np.cumsum(lengths)[len(prefixes):] - 1, self.device)
-        if self.fast is not None:
-            scale, window = self.fast.scaling, self.window
-            hidden = self.fast.forward(ids, pos, last, lambda q, k, v: attend_packed(ctx, q, k, v, scale, window),
-                                       lambda q, k, v: attend_packed_last(ctx, q, k, v, scale, window))
-            return self._head(hidden)
+        ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans)
         with active(ctx):
             hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
-        return self._head(hidden.index_select(0, last))
+        ends = np.cumsum(lengths)[len(prefixes):] - 1
+        return self._head(hidden.index_select(0, to_device(ends, self.device)))
 
     def forward_padded(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits of one right-padded batch (causal attention never lets real tokens see the padding)."""
@@ -419,37 +399,11 @@ class DeviceEngine:
         for row, s in enumerate(seqs):
             batch[row, : len(s)] = s
         self._check_ids(batch)
-        if self.fast is not None:
-            return self._head(self._fast_padded(batch, lengths))
         with self._dense_attention():
             hidden = self.backbone(input_ids=to_device(batch, self.device), use_cache=False).last_hidden_state
         rows = torch.arange(len(seqs), device=self.device)
         ends = to_device(np.asarray(lengths, dtype=np.int64) - 1, self.device)
         return self._head(hidden[rows, ends])
-
-    def _fast_padded(self, batch: np.ndarray, lengths: list[int]) -> torch.Tensor:
-        """A right-padded batch through the fast path: the matrix products on the flattened batch, dense
-        causal attention per row (padding comes after every real token, so no real token sees it)."""
-        rows, width = batch.shape
-        ids = to_device(batch.reshape(-1), self.device)
-        pos = torch.arange(width, device=self.device).repeat(rows)
-        lens = to_device(np.asarray(lengths, dtype=np.int64), self.device)
-        last = torch.arange(rows, device=self.device) * width + lens - 1
-        keep = (torch.arange(width, device=self.device)[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, W]
-        scale = self.fast.scaling
-
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q4, k4, v4 = (t.view(rows, width, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-            return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
-
-        def attend_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            k4, v4 = (t.view(rows, width, t.shape[1], t.shape[2]).transpose(1, 2) for t in (k, v))
-            out = F.scaled_dot_product_attention(q[:, :, None, :], k4, v4, attn_mask=keep, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-            return out[:, :, 0, :]
-
-        with self._dense_attention():
-            return self.fast.forward(ids, pos, last, attend, attend_last)
 
     @contextmanager
     def _dense_attention(self) -> Iterator[None]:
@@ -530,13 +484,13 @@ class Engine:
         path: the converted folder.
         devices: torch devices (one replica each).
         dtype: compute dtype.
-        backend, compile, fast: see DeviceEngine.
+        backend, compile: see DeviceEngine.
         batch_tokens: token budget of one pack (default: 64k on GPU, 4k on CPU).
     """
 
     def __init__(self, path: str, devices: list[torch.device], dtype: torch.dtype, backend: str = "auto",
-                 compile: bool | str = "auto", batch_tokens: int | None = None, fast: bool | str = "auto"):
-        self.replicas = [DeviceEngine(path, d, dtype, backend, compile, fast) for d in devices]
+                 compile: bool | str = "auto", batch_tokens: int | None = None):
+        self.replicas = [DeviceEngine(path, d, dtype, backend, compile) for d in devices]
         first = self.replicas[0]
         self.backend = first.backend
         self.num_labels = first.num_labels

@@ -169,9 +169,6 @@ class Scorer:
             padded batches, the fallback for architectures the packed path cannot drive).
         compile: ``auto`` (on CUDA), True or False: torch.compile the decoder layers (on CPU it pays
             off for large jobs: about 10 s once, then ~10% faster).
-        fast: ``auto`` runs Llama, Mistral, Qwen2 and Qwen3 models through seqcls' own scoring forward
-            (fused projections, the last layer only where the head reads); False keeps transformers'
-            decoder layers; True insists (UsageError where it cannot apply).
 
     Example:
         >>> scorer = seqcls.Scorer("qwen3-reranker-seqcls")
@@ -192,7 +189,6 @@ class Scorer:
         batch_tokens: int | None = None,
         backend: str = "auto",
         compile: bool | str = "auto",
-        fast: bool | str = "auto",
     ):
         self.folder: ModelFolder = load_folder(model_or_dir)
         self.tokenizer = load_tokenizer(self.folder.path)
@@ -213,7 +209,7 @@ class Scorer:
             self.prompter = MultimodalPrompter(self.folder.path, self.tokenizer, self.folder.template)
             self.engine: Any = VisionEngine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), batch_tokens)
         else:
-            self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens, fast)
+            self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens)
 
     # -- properties
 
