@@ -138,6 +138,20 @@ def build_checkpoint(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def gpu_workload(workdir: str | None, pairs: int, seed: int = 0) -> tuple[Path, list[list[int]]]:
+    """The §2 workload: the random Qwen3-0.6B-shaped checkpoint (built once in ``workdir``) and
+    ``pairs`` random token sequences with lengths uniform in [96, 640)."""
+    import numpy as np
+
+    folder = Path(workdir or tempfile.mkdtemp(prefix="seqcls-bench-")) / "qwen3-0.6b-random-seqcls"
+    if not (folder / "model.safetensors").is_file():
+        log(f"building the random Qwen3-0.6B-shaped checkpoint in {folder}")
+        build_checkpoint(folder)
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(96, 640, size=pairs)
+    return folder, [rng.integers(0, QWEN3_06B["vocab_size"], size=int(n)).tolist() for n in lengths]
+
+
 # ---------------------------------------------------------------- GPU contenders
 
 
@@ -234,15 +248,8 @@ def bench_gpu(args) -> dict:
     from seqcls.runtime import Scorer
 
     torch.backends.cuda.matmul.allow_tf32 = True
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seqcls-bench-"))
-    folder = workdir / "qwen3-0.6b-random-seqcls"
-    if not (folder / "model.safetensors").is_file():
-        log(f"building the random Qwen3-0.6B-shaped checkpoint in {folder}")
-        build_checkpoint(folder)
-    rng = np.random.default_rng(args.seed)
-    lengths = rng.integers(96, 640, size=args.pairs)
-    seqs = [rng.integers(0, QWEN3_06B["vocab_size"], size=int(n)).tolist() for n in lengths]
-    tokens = int(lengths.sum())
+    folder, seqs = gpu_workload(args.workdir, args.pairs, args.seed)
+    tokens = sum(map(len, seqs))
     peak = matmul_rate()
     limit_tps = peak / (2 * NON_EMBEDDING_PARAMS)
     log(f"bf16 matmul {peak / 1e12:.0f} TFLOP/s -> limit {limit_tps / 1e3:.0f}k tokens/s; workload {args.pairs} pairs, {tokens} tokens")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -140,23 +139,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_out")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--attention", action="store_true", help="also time the attention kernels on one pack")
+    parser.add_argument("--rerank", action="store_true", help="profile the rerank shape instead of the §2 workload")
+    parser.add_argument("--no-prefix", action="store_true", help="score without shared-prefix reuse")
     args = parser.parse_args(argv)
     if args.attention:
         print(bench_score.table(attention_probe(), [("kernel", "attention kernel, one 64k-token pack", ""), ("ms", "ms", ".2f"),
                                                    ("tflops", "TFLOP/s", ".0f"), ("max_diff_vs_flash", "max diff", ".2e"), ("error", "error", "")]))
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seqcls-prof-"))
-    folder = workdir / "qwen3-0.6b-random-seqcls"
-    if not (folder / "model.safetensors").is_file():
-        bench_score.build_checkpoint(folder)
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(96, 640, size=args.pairs)
-    seqs = [rng.integers(0, bench_score.QWEN3_06B["vocab_size"], size=int(n)).tolist() for n in lengths]
-    tokens = int(lengths.sum())
-    scorer = Scorer(folder, device="cuda:0", backend=args.backend)
-    for _ in range(2):
+    folder, seqs = bench_score.gpu_workload(args.workdir, args.pairs)
+    tokens = sum(map(len, seqs))
+    rng = np.random.default_rng(1)
+    if args.rerank:  # PERFORMANCE.md's rerank shape: 1 query, 100 documents of 64-256 tokens behind a 90-token prefix
+        prefix = rng.integers(0, 151000, size=90).tolist()
+        suffix = rng.integers(0, 151000, size=12).tolist()
+        seqs = [prefix + rng.integers(0, 151000, size=int(n)).tolist() + suffix for n in rng.integers(64, 257, size=100)]
+        tokens = sum(map(len, seqs))
+    scorer = Scorer(folder, device="cuda:0", backend=args.backend, shared_prefix=not args.no_prefix)
+    for _ in range(3):
         scorer.score_tokens(seqs)
-    seconds = bench_score.cuda_time(lambda: scorer.score_tokens(seqs), 3)
+    seconds = bench_score.cuda_time(lambda: scorer.score_tokens(seqs), 10 if args.rerank else 3)
+    if args.rerank:
+        import time
+
+        started = time.perf_counter()
+        for _ in range(10):
+            scorer.engine.plan(seqs, __import__("seqcls.runtime.engine", fromlist=["x"]).find_prefix_groups(seqs))
+        print(f"host planning (prefix groups + packs): {(time.perf_counter() - started) / 10 * 1e3:.2f} ms per call")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         scorer.score_tokens(seqs)
         torch.cuda.synchronize()
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + t
     floor = gemm_floor(tokens, bench_score.QWEN3_06B["num_hidden_layers"], fused=False)
     floor_fused = gemm_floor(tokens, bench_score.QWEN3_06B["num_hidden_layers"], fused=True)
-    print(f"{args.pairs} pairs, {tokens} tokens: {seconds * 1e3:.1f} ms -> {tokens / seconds / 1e3:.0f}k tokens/s; "
+    print(f"{len(seqs)} pairs, {tokens} tokens: {seconds * 1e3:.1f} ms -> {tokens / seconds / 1e3:.0f}k tokens/s; "
           f"GPU busy {busy * 1e3:.1f} ms ({busy / seconds:.0%} of wall)")
     print("by kind: " + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / busy:.0%})" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])))
     print(f"GEMM floor alone: {floor * 1e3:.1f} ms unfused, {floor_fused * 1e3:.1f} ms with fused QKV and gate/up")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +25,6 @@ SETTINGS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    import numpy as np
     import torch
 
     from seqcls.runtime import Scorer, engine
@@ -36,14 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir")
     parser.add_argument("--only", nargs="*", help="names (substrings) of the settings to run")
     args = parser.parse_args(argv)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seqcls-sweep-"))
-    folder = workdir / "qwen3-0.6b-random-seqcls"
-    if not (folder / "model.safetensors").is_file():
-        bench_score.build_checkpoint(folder)
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(96, 640, size=args.pairs)
-    seqs = [rng.integers(0, bench_score.QWEN3_06B["vocab_size"], size=int(n)).tolist() for n in lengths]
-    tokens = int(lengths.sum())
+    folder, seqs = bench_score.gpu_workload(args.workdir, args.pairs)
+    tokens = sum(map(len, seqs))
     default_padding = engine.MAX_PADDING
     rows = []
     for setting in SETTINGS:
