@@ -281,3 +281,19 @@ def test_bf16_conversion_verifies_and_a_wrong_head_fails_verification(vl_source,
     assert result.returncode == 1 and "Parity failed" in result.stderr
     report = json.loads((broken / "parity_report.json").read_text())
     assert not report["passed"] and {c["name"] for c in report["cases"] if not c["passed"]} >= {"float32/images/batch=1", "float32/text/batch=1"}
+
+
+@pytest.mark.gpu
+def test_gpu_scores_text_and_image_documents_like_the_cpu(vl_converted, vl_scorer):
+    """The vision engine on CUDA: fp32 equals the CPU scores, bf16 stays within its noise."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from seqcls.runtime import Scorer
+
+    docs = ["A red square.", image_part(RED), image_part(BLUE), {"content": [{"type": "text", "text": "Photo:"}, image_part(RED)]}]
+    cpu = torch.tensor(vl_scorer.score(QUERY, docs, raw=True).scores)
+    fp32 = Scorer(vl_converted, device="cuda:0", dtype="float32")
+    assert torch.allclose(torch.tensor(fp32.score(QUERY, docs, raw=True).scores), cpu, atol=1e-4, rtol=0)
+    bf16 = Scorer(vl_converted, device="cuda:0")
+    assert bf16.dtype == "bfloat16"
+    assert torch.allclose(torch.tensor(bf16.score(QUERY, docs, raw=True).scores), cpu, atol=0.15, rtol=0.05)
