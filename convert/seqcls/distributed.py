@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -225,7 +226,7 @@ def score_dataset(
         >>> scored = score_dataset(ray.data.read_json("pairs.jsonl", lines=True), "out", num_workers=2)
         >>> scored.take(1)[0]["score"]
     """
-    require_ray()
+    ray = require_ray()
     model = str(model)
     workers = plan_workers(num_workers, gpus_per_worker, cpus_per_worker)
     pack = pack_tokens or DEFAULT_PACK_TOKENS[workers.device]
@@ -241,7 +242,7 @@ def score_dataset(
                                    document_column=document_column, score_column=score_column),
         batch_size=int(batch_rows),
         batch_format="numpy",
-        concurrency=workers.count,
+        compute=ray.data.ActorPoolStrategy(size=workers.count),
         num_gpus=workers.gpus or None,
         num_cpus=workers.cpus,
     )
@@ -431,6 +432,8 @@ def connect(address: Optional[str] = None, runtime_env: Optional[dict[str, Any]]
     ray = require_ray()
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "include_dashboard": False}
     if runtime_env:
         kwargs["runtime_env"] = runtime_env
@@ -441,6 +444,24 @@ def connect(address: Optional[str] = None, runtime_env: Optional[dict[str, Any]]
         raise UsageError(f"Could not connect to {where} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                          "check --ray-address (`ray status` on the head node shows it) or leave it out to start a local instance.") from exc
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at (ray.init would retry for minutes)."""
+    import socket
+
+    text = address.strip()
+    if text in ("auto", "local"):
+        return
+    hostport = text.split("://", 1)[1] if "://" in text else text
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"Ray address {address!r} is not host:port (or ray://host:port); pass the head node's address, e.g. 10.0.0.1:6379.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"Nothing answers at Ray address {address} ({exc.strerror or exc}); start the cluster (`ray start --head`) "
+                         "or fix --ray-address (`ray status` on the head node shows it).") from exc
 
 
 def _user_error(exc: BaseException) -> Optional[SeqclsError]:
@@ -508,10 +529,10 @@ def score_files(
     model = str(model)
     output = Path(output)
     kind = output_kind(output)
-    files = [inspect_input(p) for p in find_inputs(inputs)]
-    kinds = {f.kind for f in files}
-    if len(kinds) > 1:
+    paths = find_inputs(inputs)
+    if len({_kind(p) for p in paths}) > 1:
         raise UsageError("The inputs mix JSONL and Parquet files; score each format in its own run (or convert one of them).")
+    files = [inspect_input(p) for p in paths]
     settings = {"model": model, "dtype": dtype, "raw": raw, "instruction": instruction, "max_length": max_length,
                 "truncate": truncate, "part_format": kind}
     manifest = _prepare_output(output, settings, overwrite)
@@ -532,11 +553,17 @@ def score_files(
 
     ray = require_ray()
     started_here = connect(address, runtime_env)
+    saved: dict[str, Any] = {}
     try:
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
+        saved.update({name: getattr(ctx, name) for name in ("enable_progress_bars", "use_datasource_v2") if hasattr(ctx, name)})
+        ctx.enable_progress_bars = False  # the caller's progress callback reports instead
+        if "use_datasource_v2" in saved:
+            # the v2 Parquet reader lists files in tasks that need a whole CPU, which the actors may hold all of
+            ctx.use_datasource_v2 = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         paths = [str(f.path) for f in pending]
         if pending[0].kind == "parquet":
             ds = ray.data.read_parquet(paths, include_paths=True, num_cpus=READ_CPUS)
@@ -561,6 +588,8 @@ def score_files(
             raise type(user)(str(user)) from exc
         raise
     finally:
+        for name, value in saved.items():
+            setattr(ray.data.DataContext.get_current(), name, value)
         if started_here:
             ray.shutdown()
     return RunSummary(output, len(pending) + len(empty), skipped, total, time.perf_counter() - started, workers.count, workers.device)
