@@ -133,10 +133,26 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_cli_resumes_skipping_files_already_scored(capsys, scored_with_crash, tiny_qwen3_converted, pair_files, scorer, tmp_path):
+def test_cli_rerun_skips_files_already_scored_and_refuses_other_settings(capsys, scored_with_crash, tiny_qwen3_converted, pair_files):
+    output, _ = scored_with_crash
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in output.iterdir()}
+    args = [tiny_qwen3_converted, "--input", pair_files[0].parent, "--output", output, "--ray", "--num-workers", "2", "--dtype", "float32"]
+    code, stdout, err = run_cli(capsys, *args, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["files_scored"] == 0 and summary["files_skipped"] == FILES and summary["rows"] == 0
+    assert "Nothing to score" in err
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in output.iterdir()} == before  # nothing rewritten
+    code, _, err = run_cli(capsys, *args, "--raw")
+    assert code == 2 and "--overwrite" in err and "raw" in err
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in output.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_cli_resumes_a_run_killed_after_two_of_three_files(capsys, scored_with_crash, tiny_qwen3_converted, pair_files, scorer, tmp_path):
     output, _ = scored_with_crash
     manifest = json.loads((output / sd.MANIFEST).read_text())
-    # a run of the same settings through the CLI into a fresh folder, killed after two of three files
+    # the state a run leaves when killed while scoring the second file: two parts and their manifest entries
     out = tmp_path / "resumed.parquet"
     out.mkdir()
     keep = {k: v for k, v in manifest["files"].items() if k != str(pair_files[1].resolve())}
@@ -157,11 +173,6 @@ def test_cli_resumes_skipping_files_already_scored(capsys, scored_with_crash, ti
     assert table.column("id").to_pylist() == [r["id"] for r in rows]
     got = table.column("score").to_pylist()
     assert max(abs(a - b) for a, b in zip(got, reference(scorer, rows))) <= ATOL
-    # everything is done now: a rerun scores nothing; other settings are refused without --overwrite
-    code, _, err = run_cli(capsys, *args)
-    assert code == 0 and "Nothing to score" in err
-    code, _, err = run_cli(capsys, *args, "--raw")
-    assert code == 2 and "--overwrite" in err and "raw" in err
 
 
 @pytest.mark.slow
@@ -181,6 +192,7 @@ def test_parquet_input_jsonl_parts_and_raw_logits(ray_local, tiny_qwen3_converte
     assert max(abs(g["score"] - e) for g, e in zip(got, expected)) <= ATOL
 
 
+@pytest.mark.slow
 def test_score_dataset_keeps_order_and_columns(ray_local, tiny_qwen3_converted, scorer):
     import ray
 
@@ -235,3 +247,20 @@ def test_cli_import_does_not_load_ray():
     code = "import sys, seqcls.cli; assert 'ray' not in sys.modules and 'torch' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "convert")}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_bad_row_fails_cleanly_and_writes_no_part(capsys, ray_local, tiny_qwen3_converted, tmp_path):
+    rows = make_pairs(5, 40, "bad")
+    rows[17]["document"] = None
+    good = make_pairs(6, 40, "good")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", good)
+    write_jsonl(folder / "b.jsonl", rows)
+    out = tmp_path / "scores.parquet"
+    code, _, err = run_cli(capsys, tiny_qwen3_converted, "--input", folder, "--output", out, "--ray", "--num-workers", "2")
+    assert code == 2 and "must be a string" in err and "Traceback" not in err, err
+    manifest = json.loads((out / sd.MANIFEST).read_text())
+    assert "b.jsonl" not in [Path(k).name for k in manifest["files"]]  # (a.jsonl is kept if it finished first)
+    assert len(list(out.glob("part-*"))) == len(manifest["files"]) and not list(out.glob(".tmp-*"))

@@ -207,8 +207,9 @@ def score_dataset(
     Args:
         dataset: a ``ray.data.Dataset`` with string columns ``query_column`` and ``document_column``.
         model: a converted folder, at the same path on every node (or a Hub repo id of one).
-        num_workers: Scorer actors (default: one per GPU of the cluster, else one per CPU); the
-            dataset's own read tasks need CPUs left over, or ``num_cpus=0`` as ``score_files`` reads.
+        num_workers: Scorer actors (default: one per GPU of the cluster, else one per CPU). CPU
+            workers that take every CPU starve the dataset's read tasks: read with ``num_cpus=0``
+            as ``score_files`` does, or leave CPUs free.
         gpus_per_worker: GPUs each actor reserves (default 1 on clusters with GPUs, else 0: CPU).
         cpus_per_worker: CPUs each actor reserves (and torch threads on CPU workers).
         dtype, raw, instruction, max_length, truncate: as in ``Scorer.score``.
@@ -416,9 +417,13 @@ def _prepare_output(output: Path, settings: dict[str, Any], overwrite: bool) -> 
             raise UsageError(f"{output} was scored with other settings ({_diff(manifest.get('settings') or {}, settings)}); "
                              "pass --overwrite to rescore everything or choose another --output.")
         else:
+            for stale in output.glob(".tmp-*"):  # parts a killed run was writing
+                stale.unlink()
             return manifest
     output.mkdir(parents=True, exist_ok=True)
-    return {"format": "seqcls-scores/1", "settings": settings, "files": {}}
+    manifest = {"format": "seqcls-scores/1", "settings": settings, "files": {}}
+    _write_json(manifest_path, manifest)  # written first: a run killed before its first part can still be resumed
+    return manifest
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -430,10 +435,10 @@ def connect(address: Optional[str] = None, runtime_env: Optional[dict[str, Any]]
     """Connect to the Ray cluster at ``address`` (None: a local instance, or the RAY_ADDRESS one).
     Returns whether this call started the connection (and so should shut it down)."""
     ray = require_ray()
-    if ray.is_initialized():
-        return False
     if address:
         _check_reachable(address)
+    if ray.is_initialized():
+        return False
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "include_dashboard": False}
     if runtime_env:
         kwargs["runtime_env"] = runtime_env
@@ -465,17 +470,18 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _user_error(exc: BaseException) -> Optional[SeqclsError]:
-    """The SeqclsError a Ray task raised, if ``exc`` wraps one."""
+    """A clean copy of the SeqclsError a Ray task raised, if ``exc`` is or wraps one (Ray's wrappers
+    subclass the original exception but print a remote traceback)."""
     seen = set()
     current: Optional[BaseException] = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, SeqclsError):
-            return current
-        cause = getattr(current, "cause", None)
+        cause = getattr(current, "cause", None)  # RayTaskError and Ray Data's UserCodeException keep the original here
         if isinstance(cause, BaseException) and id(cause) not in seen:
             current = cause
             continue
+        if type(current) in (UsageError, CheckFailed, SeqclsError):
+            return type(current)(*current.args)
         current = current.__cause__ or current.__context__
     return None
 
@@ -526,6 +532,8 @@ def score_files(
         RunSummary.
     """
     require_ray()
+    if address:
+        _check_reachable(address)
     model = str(model)
     output = Path(output)
     kind = output_kind(output)
@@ -580,13 +588,11 @@ def score_files(
                                pack_tokens=pack, batch_rows=rows, actor_class=actor_class)
         by_path = {_norm(f.path): f for f in pending}
         _collect(scored, by_path, output, manifest, kind, total, progress)
-    except SeqclsError:
-        raise
     except Exception as exc:
         user = _user_error(exc)
-        if user is not None:
-            raise type(user)(str(user)) from exc
-        raise
+        if user is None:
+            raise
+        raise user from exc
     finally:
         for name, value in saved.items():
             setattr(ray.data.DataContext.get_current(), name, value)
