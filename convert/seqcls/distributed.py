@@ -483,6 +483,13 @@ def _user_error(exc: BaseException) -> Optional[SeqclsError]:
         if type(current) in (UsageError, CheckFailed, SeqclsError):
             return type(current)(*current.args)
         current = current.__cause__ or current.__context__
+    # A remote exception reaches the driver as text: its message names the original class.
+    import re
+
+    found = re.findall(r"seqcls\.errors\.(UsageError|CheckFailed): ([^\n]+)", str(exc))
+    if found:
+        name, message = found[-1]
+        return (UsageError if name == "UsageError" else CheckFailed)(message.strip())
     return None
 
 
