@@ -309,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except SeqclsError as exc:
         if debug:
             raise
-        err.print(f"[bold red]Error:[/bold red] {exc}", highlight=False)
+        from rich.markup import escape
+
+        err.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False)  # messages may hold [brackets]
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -9,6 +9,10 @@ Two input forms:
   ``"id"`` (echoed back) and ``"instruction"``. Writes one JSON line per input line, in order:
   ``{"id", "score", "prompt_tokens"}`` for a pair, ``{"id", "results": [{"index", "score"}, ...],
   "prompt_tokens"}`` (best first, cut to ``--top-n``) for a document list.
+
+With ``--ray`` (extra ``seqcls[ray]``), ``--input`` is a JSONL or Parquet file, folder or glob of
+``{query, document[, id, ...]}`` rows and ``--output`` a folder: one scored part per input file plus a
+manifest, written by ``seqcls.distributed.score_files``; a rerun skips the files already scored.
 """
 
 from __future__ import annotations
@@ -152,7 +156,7 @@ def score_command(
     document: Annotated[Optional[list[str]], typer.Option("--document", help="A document to score; repeat for several.")] = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", help="An image document (local file or data: URL; never fetched) for vision-language models; repeat for several, scored after the --document texts.")] = None,
     input_file: Annotated[Optional[Path], typer.Option("--input", help="JSONL of {\"query\", \"document\"} or {\"query\", \"documents\"} lines ('-' reads stdin).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="With --input: write the JSONL results to this file instead of stdout.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="With --input: write the JSONL results to this file instead of stdout (with --ray: a folder).")] = None,
     top_n: Annotated[Optional[int], typer.Option("--top-n", min=0, help="Keep only the best N documents per query (0: all).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto (every GPU when present), cpu, cuda or cuda:N.")] = "auto",
@@ -163,8 +167,20 @@ def score_command(
     no_truncate: Annotated[bool, typer.Option("--no-truncate", help="Refuse over-long pairs instead of cutting their documents.")] = False,
     batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", min=1, help="Tokens per forward pass (default 64k on GPU, 4k on CPU).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Score on Ray: --input a JSONL/Parquet file, folder or glob; --output a folder of parts (resumable).")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --ray: the cluster to join (host:6379 or ray://host:10001); default a local instance.")] = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", min=1, help="With --ray: Scorer actors (default one per GPU of the cluster, else one per CPU).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --ray: rescore everything into an existing --output folder.")] = False,
 ) -> None:
     """Score query-document pairs with a converted model (probabilities unless --raw)."""
+    if ray:
+        if image:
+            raise UsageError("--image does not go with --ray (Ray inputs are text pairs); score images without --ray.")
+        _score_on_ray(model, input_file, output, query, document, top_n, json_out, device, dtype, instruction, raw, max_length,
+                      no_truncate, batch_tokens, quiet, ray_address, num_workers, overwrite)
+        return
+    if ray_address is not None or num_workers is not None or overwrite:
+        raise UsageError("--ray-address, --num-workers and --overwrite go with --ray; add --ray (or drop them).")
     if input_file is not None and (query or document or image):
         raise UsageError("Pass either --query/--document/--image or --input FILE.jsonl, not both.")
     if input_file is None:
@@ -245,3 +261,62 @@ def score_command(
             f"{result.usage.prompt_tokens} prompt tokens{note}; {time.perf_counter() - started:.1f} s on {scorer.device} ({scorer.dtype}).",
             highlight=False,
         )
+
+
+def _score_on_ray(model: str, input_file: Optional[Path], output: Optional[Path], query: Optional[list[str]],
+                  document: Optional[list[str]], top_n: Optional[int], json_out: bool, device: str, dtype: str,
+                  instruction: Optional[str], raw: bool, max_length: Optional[int], no_truncate: bool,
+                  batch_tokens: Optional[int], quiet: bool, address: Optional[str], num_workers: Optional[int],
+                  overwrite: bool) -> None:
+    """``seqcls score --ray``: files in, a resumable folder of scored parts out (seqcls.distributed)."""
+    if query or document:
+        raise UsageError("--ray scores files: pass --input PAIRS (JSONL/Parquet file, folder or glob) instead of --query/--document.")
+    if input_file is None or str(input_file) == "-":
+        raise UsageError("--ray needs --input: a JSONL or Parquet file, a folder of them, or a glob (not stdin).")
+    if output is None:
+        raise UsageError("--ray needs --output FOLDER (one part per input file plus a manifest; end it in .jsonl for JSONL parts).")
+    if top_n:
+        raise UsageError("--top-n does not apply to --ray, which scores one pair per row; rank the output instead.")
+    text = device.strip().lower()
+    if text not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"With --ray, --device is auto, cpu or cuda (Ray gives each worker its own GPU), not {device!r}.")
+    gpus = None if text == "auto" else (0.0 if text == "cpu" else 1.0)
+
+    from ..distributed import require_ray, score_files
+
+    require_ray()
+    bar: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if quiet:
+            return
+        if "bar" not in bar:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar["bar"] = Progress(TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("pairs"), TimeRemainingColumn(),
+                                  console=Console(stderr=True), transient=True)
+            bar["bar"].__enter__()
+            bar["task"] = bar["bar"].add_task("score", total=total)
+        bar["bar"].update(bar["task"], completed=done)
+
+    def log(message: str) -> None:
+        if not quiet:
+            sys.stderr.write(message + "\n")
+
+    try:
+        summary = score_files(model, str(input_file), output, address=address, num_workers=num_workers, gpus_per_worker=gpus,
+                              dtype=dtype, raw=raw, instruction=instruction, max_length=max_length, truncate=not no_truncate,
+                              pack_tokens=batch_tokens, overwrite=overwrite, progress=progress, log=log)
+    finally:
+        if "bar" in bar:
+            bar["bar"].__exit__(None, None, None)
+    if json_out:
+        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if not quiet:
+        if summary.rows:
+            sys.stderr.write(f"Scored {summary.rows} pairs from {summary.files_scored} file(s) in {summary.seconds:.1f} s "
+                             f"({summary.pairs_per_second:.1f} pairs/s) on {summary.workers} {summary.device} worker(s); "
+                             f"{summary.files_skipped} file(s) already done; parts in {summary.output}.\n")
+        else:
+            sys.stderr.write(f"Nothing to score: {summary.files_skipped} file(s) already scored in {summary.output}.\n")
