@@ -129,6 +129,13 @@ def test_jsonl_in_and_out(capsys, tmp_path, cli_model, cli_scorer):
     code, out, _ = run_score(capsys, cli_model, "--input", path, "--output", target, "--device", "cpu", "--quiet")
     assert code == 0 and out == ""
     assert [json.loads(x) for x in target.read_text().splitlines()][0] == rows[0]
+    before = target.read_bytes()
+    code, _, err = run_score(capsys, cli_model, "--input", path, "--output", target, "--device", "cpu", "--quiet")
+    assert code == 2 and "already exists; pass --overwrite" in err and target.read_bytes() == before
+    target.write_text("stale\n")
+    code, _, err = run_score(capsys, cli_model, "--input", path, "--output", target, "--device", "cpu", "--quiet", "--overwrite")
+    assert code == 0, err
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
 def test_progress_bar_path_for_large_inputs(capsys, tmp_path, cli_model):

@@ -18,6 +18,7 @@ manifest, written by ``seqcls.distributed.score_files``; a rerun skips the files
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -170,7 +171,7 @@ def score_command(
     ray: Annotated[bool, typer.Option("--ray", help="Score on Ray: --input a JSONL/Parquet file, folder or glob; --output a folder of parts (resumable).")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="With --ray: the cluster to join (host:6379 or ray://host:10001); default a local instance.")] = None,
     num_workers: Annotated[Optional[int], typer.Option("--num-workers", min=1, help="With --ray: Scorer actors (default one per GPU of the cluster, else one per CPU).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --ray: rescore everything into an existing --output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file (with --ray: rescore everything into an existing --output folder).")] = False,
 ) -> None:
     """Score query-document pairs with a converted model (probabilities unless --raw)."""
     if ray:
@@ -179,8 +180,10 @@ def score_command(
         _score_on_ray(model, input_file, output, query, document, top_n, json_out, device, dtype, instruction, raw, max_length,
                       no_truncate, batch_tokens, quiet, ray_address, num_workers, overwrite)
         return
-    if ray_address is not None or num_workers is not None or overwrite:
-        raise UsageError("--ray-address, --num-workers and --overwrite go with --ray; add --ray (or drop them).")
+    if ray_address is not None or num_workers is not None:
+        raise UsageError("--ray-address and --num-workers go with --ray; add --ray (or drop them).")
+    if output is not None and output.exists() and not overwrite:
+        raise UsageError(f"--output {output} already exists; pass --overwrite to replace it or choose another file.")
     if input_file is not None and (query or document or image):
         raise UsageError("Pass either --query/--document/--image or --input FILE.jsonl, not both.")
     if input_file is None:
@@ -202,8 +205,13 @@ def score_command(
         with _Progress(not quiet, total) as progress:
             lines = _score_records(scorer, records, top_n, raw, not no_truncate, max_length, progress, instruction)
         text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-        if output is not None:
-            output.write_text(text, encoding="utf-8")
+        if output is not None:  # written whole, then renamed into place: never a half-written results file
+            tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+            try:
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, output)
+            finally:
+                tmp.unlink(missing_ok=True)
         else:
             sys.stdout.write(text)
         if not quiet:
