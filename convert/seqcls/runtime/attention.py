@@ -250,12 +250,19 @@ def _attend_each(spans: list[tuple[int, int, int, int]], q: torch.Tensor, k: tor
                  scaling: float, sliding_window: int | None, softcap: float | None) -> None:
     """Sequences given as (start, length, prefix start, prefix length) spans of the stream, one by one."""
     for start, n, p_start, shared in spans:
-        qi = q[start:start + n].transpose(0, 1)
+        qi = q[start:start + n]
         ki, vi = k[start:start + n], v[start:start + n]
         if shared:
             ki = torch.cat([k[p_start:p_start + shared], ki])
             vi = torch.cat([v[p_start:p_start + shared], vi])
-        out[start:start + n] = _attend_one(qi, ki.transpose(0, 1), vi.transpose(0, 1), shared, scaling, sliding_window, softcap)
+        if shared and softcap is None and (sliding_window is None or sliding_window >= shared + n):
+            # with the prefix's own queries in front, plain causal attention needs no mask (the kernel skips
+            # the blocks above the diagonal); only the sequence's rows are kept
+            qi = torch.cat([q[p_start:p_start + shared], qi])
+            full = _attend_one(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), 0, scaling, sliding_window, softcap)
+            out[start:start + n] = full[shared:]
+        else:
+            out[start:start + n] = _attend_one(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), shared, scaling, sliding_window, softcap)
 
 
 def dense_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
