@@ -297,22 +297,15 @@ def verify_folder(
     prompts = [tokenizer(recipe.template.render(q, d), add_special_tokens=False)["input_ids"] for q, d in all_pairs]
 
     pad_id = config.get("pad_token_id")
-    out_dtype = config.get("dtype", "float32")
+    out_dtype, load_dtype = _output_dtype(config)
     source_dtype = _source_dtype(src)
-    load_dtype = getattr(torch, out_dtype) if out_dtype in ("float32", "bfloat16", "float16") else torch.float32
     if source_dtype and source_dtype != out_dtype:
         notes.append(f"the backbone was cast from {source_dtype} to {out_dtype}; the reference uses the same cast")
 
     expected, hidden, rows, two_logits = _reference(src.folder, prompts, token_ids, method, load_dtype, dev, notes)
-    exact_head = (rows[1:2] - rows[0:1]) if method == "from_2_way_softmax" else rows
 
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False).to(dev).eval()
-    # what a correct converter stores: the fp32 head rounded once to the output dtype
-    rounded_head = exact_head.to(load_dtype).float()
-    rounding = hidden.abs() @ (rounded_head - exact_head).abs().T  # [pairs, labels], exact bound of that rounding
-    allowed = tolerance + rounding
-    if float(rounding.max()) > 0:
-        notes.append(f"the head is stored in {out_dtype}; its rounding moves logits by at most {float(rounding.max()):.3g}, added to atol per pair")
+    allowed = _allowed(rows, hidden, method, load_dtype, out_dtype, tolerance, notes)
 
     cases: list[ParityCase] = []
     worst_diff, worst_index = 0.0, 0
@@ -342,11 +335,7 @@ def verify_folder(
         if case_max >= worst_diff:
             worst_diff, worst_index = case_max, index
         if side == "none" and method == "from_2_way_softmax":
-            prob_conv = torch.sigmoid(got[:, 0])
-            prob_orig = torch.softmax(two_logits, dim=-1)[:, 1]
-            pdiff = (prob_conv - prob_orig).abs()
-            pallowed = allowed[:, 0] / 4
-            cases.append(ParityCase("float32/probability", "float32", "none", 1, "probability", float(pdiff.max()), tolerance, bool((pdiff <= pallowed).all()), int(pdiff.argmax()), "sigmoid(converted) vs softmax([false, true])[1]"))
+            cases.append(_probability_case(got, two_logits, allowed, tolerance))
     del model
     gc.collect()
 
@@ -391,6 +380,33 @@ def _finish(folder: Path, report: ParityReport, write_report: bool, raise_on_fai
     return report
 
 
+def _output_dtype(config: dict[str, Any]) -> tuple[str, Any]:
+    """The folder's stored dtype name and the torch dtype the reference is loaded in (the same cast)."""
+    import torch
+
+    out_dtype = config.get("dtype", "float32")
+    return out_dtype, getattr(torch, out_dtype) if out_dtype in ("float32", "bfloat16", "float16") else torch.float32
+
+
+def _allowed(rows: Any, hidden: Any, method: str, load_dtype: Any, out_dtype: str, tolerance: float, notes: list[str]) -> Any:
+    """Per-pair tolerance [pairs, labels]: ``tolerance`` plus the exact bound of rounding the float32 head
+    (from the answer-token ``rows``) once to the output dtype, which is what a correct converter stores."""
+    exact_head = (rows[1:2] - rows[0:1]) if method == "from_2_way_softmax" else rows
+    rounding = hidden.abs() @ (exact_head.to(load_dtype).float() - exact_head).abs().T
+    if float(rounding.max()) > 0:
+        notes.append(f"the head is stored in {out_dtype}; its rounding moves logits by at most {float(rounding.max()):.3g}, added to atol per pair")
+    return tolerance + rounding
+
+
+def _probability_case(got: Any, two_logits: Any, allowed: Any, tolerance: float) -> ParityCase:
+    """sigmoid(converted logit) against the original 2-way softmax's P(yes)."""
+    import torch
+
+    pdiff = (torch.sigmoid(got[:, 0]) - torch.softmax(two_logits, dim=-1)[:, 1]).abs()
+    return ParityCase("float32/probability", "float32", "none", 1, "probability", float(pdiff.max()), tolerance,
+                      bool((pdiff <= allowed[:, 0] / 4).all()), int(pdiff.argmax()), "sigmoid(converted) vs softmax([false, true])[1]")
+
+
 def _verify_multimodal(folder: Path, src: Any, recipe: Any, config: dict[str, Any], prov: dict[str, Any], text_pairs: list,
                        token_ids: list[int], method: str, tolerance: float, device: str, notes: list[str], consumers: bool) -> ParityReport:
     """Parity of a vision-language folder: text pairs and built-in image pairs, float32, batch 1 (see parity_vl)."""
@@ -399,19 +415,14 @@ def _verify_multimodal(folder: Path, src: Any, recipe: Any, config: dict[str, An
     from . import parity_vl
 
     pairs = list(text_pairs) + parity_vl.image_pairs()
-    out_dtype = config.get("dtype", "float32")
-    load_dtype = getattr(torch, out_dtype) if out_dtype in ("float32", "bfloat16", "float16") else torch.float32
+    out_dtype, load_dtype = _output_dtype(config)
     expected, got, two, hidden, rows = parity_vl.compare(folder, src.folder, recipe, token_ids, method, pairs, device, load_dtype)
-    exact_head = (rows[1:2] - rows[0:1]) if method == "from_2_way_softmax" else rows
-    rounded = exact_head.to(load_dtype).float()
-    allowed = tolerance + hidden.abs() @ (rounded - exact_head).abs().T  # exact bound of the head's rounding, per pair
-    if float((allowed - tolerance).max()) > 0:
-        notes.append(f"the head is stored in {out_dtype}; its rounding moves logits by at most {float((allowed - tolerance).max()):.3g}, added to atol per pair")
+    allowed = _allowed(rows, hidden, method, load_dtype, out_dtype, tolerance, notes)
     cases: list[ParityCase] = []
     worst_diff, worst_index = 0.0, 0
     n_text = len(text_pairs)
-    for name, rows in (("float32/text/batch=1", range(0, n_text)), ("float32/images/batch=1", range(n_text, len(pairs)))):
-        index = torch.tensor(list(rows), dtype=torch.long)
+    for name, span in (("float32/text/batch=1", range(0, n_text)), ("float32/images/batch=1", range(n_text, len(pairs)))):
+        index = torch.tensor(list(span), dtype=torch.long)
         diff = (got[index] - expected[index]).abs()
         case_max = float(diff.max())
         worst_local = int(index[int(diff.max(dim=1).values.argmax())])
@@ -421,9 +432,7 @@ def _verify_multimodal(folder: Path, src: Any, recipe: Any, config: dict[str, An
         if case_max >= worst_diff:
             worst_diff, worst_index = case_max, worst_local
     if method == "from_2_way_softmax":
-        pdiff = (torch.sigmoid(got[:, 0]) - torch.softmax(two, dim=-1)[:, 1]).abs()
-        cases.append(ParityCase("float32/probability", "float32", "none", 1, "probability", float(pdiff.max()), tolerance,
-                                bool((pdiff <= allowed[:, 0] / 4).all()), int(pdiff.argmax()), "sigmoid(converted) vs softmax([false, true])[1]"))
+        cases.append(_probability_case(got, two, allowed, tolerance))
     notes.append("vision-language model: scored one unpadded pair at a time (the runtime does the same); "
                  "transformers has no Qwen3VLForSequenceClassification, so the converted side is Qwen3VLModel · score.weight")
     consumer_results: dict[str, Any] = {}

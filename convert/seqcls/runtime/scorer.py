@@ -126,6 +126,11 @@ def _as_list(value: Any, name: str, content: bool = False) -> list[Any]:
     return items
 
 
+def _token_ids(prompts: list[Any]) -> list[list[int]]:
+    """Token ids of encoded prompts: id lists as they are, a MultimodalPrompt's expanded ids."""
+    return [p if isinstance(p, list) else p.ids for p in prompts]
+
+
 def make_pairs(queries: Any, documents: Any, content: bool = False) -> tuple[list[Any], list[Any]]:
     """Expand queries and documents into aligned pairs with vLLM's rules.
 
@@ -267,8 +272,8 @@ class Scorer:
             >>> ids = scorer.tokenize("capital of France?", ["Paris is...", "Berlin is..."])
             >>> scorer.score_tokens(ids).scores  # the same scores as scorer.score(...)
         """
-        ids, _ = self._encode(queries, documents, instruction, truncate, max_length, max_document_tokens)
-        return [p if isinstance(p, list) else p.ids for p in ids]
+        prompts, _ = self._encode(queries, documents, instruction, truncate, max_length, max_document_tokens)
+        return _token_ids(prompts)
 
     def score(
         self,
@@ -309,7 +314,7 @@ class Scorer:
         prompts, truncated = self._encode(queries, documents, instruction, truncate, max_length, max_document_tokens)
         if any(not isinstance(p, list) for p in prompts):  # pairs with images: the vision engine, pair by pair
             logits = self.engine.run(self.engine.plan(prompts), len(prompts), self._advance(len(prompts), progress))
-            return self._result(logits, [p if isinstance(p, list) else p.ids for p in prompts], truncated, raw, softmax)
+            return self._result(logits, _token_ids(prompts), truncated, raw, softmax)
         logits = self._run(prompts, progress)
         return self._result(logits, prompts, truncated, raw, softmax)
 
@@ -410,7 +415,8 @@ class Scorer:
         q, d = make_pairs(queries, documents, content=self.multimodal)
         self._check_instruction(instruction)
         with_images = [i for i in range(len(q)) if has_images(q[i]) or has_images(d[i])] if self.multimodal else []
-        text_rows = [i for i in range(len(q)) if not (with_images and (has_images(q[i]) or has_images(d[i])))]
+        image_rows = set(with_images)
+        text_rows = [i for i in range(len(q)) if i not in image_rows]
         out: list[Any] = [None] * len(q)
         truncated: list[int] = []
         if text_rows:

@@ -38,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SeqclsError, UsageError
+from ..multimodal import plain_text
 from .batcher import Batcher, batch_logits
 from .limits import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_DOCUMENTS
 
@@ -755,11 +756,6 @@ def _side(value: Any, param: str, media_dir: Path | None) -> tuple[Any, int]:
     return _item_of(value, param, media_dir), 1
 
 
-def _shown_text(item: Any) -> str:
-    """What a rerank result shows as ``document.text``: the text, or the text parts of a content list."""
-    return item if isinstance(item, str) else "\n".join(p for p in item if isinstance(p, str))
-
-
 def _truncation(truncate_prompt_tokens: int | None, max_tokens_per_doc: int | None = None, allow: bool | None = None) -> dict[str, Any]:
     max_length = truncate_prompt_tokens if truncate_prompt_tokens and truncate_prompt_tokens > 0 else None
     truncate = truncate_prompt_tokens is not None or max_tokens_per_doc is not None or bool(allow)
@@ -946,12 +942,12 @@ def create_app(
         if body.top_n:
             order = order[: body.top_n]
         if tei:
-            return [{"index": i, "score": scores[i], **({"text": _shown_text(docs[i])} if body.return_text else {})} for i in order]
+            return [{"index": i, "score": scores[i], **({"text": plain_text(docs[i])} if body.return_text else {})} for i in order]
         results = []
         for i in order:
             item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
             if body.return_documents:
-                item["document"] = {"text": _shown_text(docs[i])}
+                item["document"] = {"text": plain_text(docs[i])}
             results.append(item)
         return {
             "id": f"rerank-{uuid.uuid4().hex}", "model": state.model_name,
