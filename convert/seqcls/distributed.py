@@ -431,12 +431,11 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys) or "unknown"
 
 
-def connect(address: Optional[str] = None, runtime_env: Optional[dict[str, Any]] = None) -> bool:
-    """Connect to the Ray cluster at ``address`` (None: a local instance, or the RAY_ADDRESS one).
-    Returns whether this call started the connection (and so should shut it down)."""
+def _connect(address: Optional[str] = None, runtime_env: Optional[dict[str, Any]] = None) -> bool:
+    """Connect to the Ray cluster at ``address`` (None: a local instance, or the RAY_ADDRESS one; the
+    caller has checked that something answers there). Returns whether this call started the
+    connection (and so should shut it down)."""
     ray = require_ray()
-    if address:
-        _check_reachable(address)
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "include_dashboard": False}
@@ -539,7 +538,7 @@ def score_files(
         RunSummary.
     """
     require_ray()
-    if address:
+    if address:  # fail fast, before any file is read or the output folder made (ray.init would retry for minutes)
         _check_reachable(address)
     model = str(model)
     output = Path(output)
@@ -567,7 +566,7 @@ def score_files(
         return RunSummary(output, len(empty), skipped, 0, 0.0, 0, "-")
 
     ray = require_ray()
-    started_here = connect(address, runtime_env)
+    started_here = _connect(address, runtime_env)
     saved: dict[str, Any] = {}
     try:
         import ray.data

@@ -67,26 +67,31 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class _Progress:
-    """A rich progress bar on stderr (pairs done of total)."""
+    """A rich progress bar on stderr (pairs done of total). With ``total`` None the bar starts at the
+    first update, with the total that update gives (Ray runs learn it after reading the inputs)."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled = enabled and total >= PROGRESS_MIN_PAIRS
+    def __init__(self, enabled: bool, total: int | None = None):
+        self.enabled = enabled and (total is None or total >= PROGRESS_MIN_PAIRS)
         self.total = total
         self.offset = 0
+        self.bar: Any = None
+
+    def _start(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("pairs"), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("score", total=total)
 
     def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("pairs"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("score", total=self.total)
+        if self.enabled and self.total is not None:
+            self._start(self.total)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
+        if self.bar is not None:
             self.bar.__exit__(*exc)
 
     def callback(self):
@@ -95,6 +100,8 @@ class _Progress:
         base = self.offset
 
         def update(done: int, total: int) -> None:
+            if self.bar is None:
+                self._start(total)
             self.bar.update(self.task, completed=base + done)
 
         return update
@@ -293,32 +300,15 @@ def _score_on_ray(model: str, input_file: Optional[Path], output: Optional[Path]
     from ..distributed import require_ray, score_files
 
     require_ray()
-    bar: dict[str, Any] = {}
-
-    def progress(done: int, total: int) -> None:
-        if quiet:
-            return
-        if "bar" not in bar:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar["bar"] = Progress(TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("pairs"), TimeRemainingColumn(),
-                                  console=Console(stderr=True), transient=True)
-            bar["bar"].__enter__()
-            bar["task"] = bar["bar"].add_task("score", total=total)
-        bar["bar"].update(bar["task"], completed=done)
 
     def log(message: str) -> None:
         if not quiet:
             sys.stderr.write(message + "\n")
 
-    try:
+    with _Progress(not quiet) as bar:
         summary = score_files(model, str(input_file), output, address=address, num_workers=num_workers, gpus_per_worker=gpus,
                               dtype=dtype, raw=raw, instruction=instruction, max_length=max_length, truncate=not no_truncate,
-                              pack_tokens=batch_tokens, overwrite=overwrite, progress=progress, log=log)
-    finally:
-        if "bar" in bar:
-            bar["bar"].__exit__(None, None, None)
+                              pack_tokens=batch_tokens, overwrite=overwrite, progress=bar.callback(), log=log)
     if json_out:
         sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
     if not quiet:
