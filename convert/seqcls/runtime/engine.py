@@ -171,19 +171,23 @@ def plan_packs(sequences: Sequence[Sequence[int]], groups: Sequence[PrefixGroup]
     items += [(-1, i) for i in sorted(loose, key=lambda i: len(sequences[i]), reverse=True)]
     current: Pack | None = None
     slot: dict[int, int] = {}
+    used = 0  # current.tokens, kept as a running sum (the property would re-add the whole pack per sequence)
     for number, i in items:
         p = shared[number].length if number >= 0 else 0
         cost = len(sequences[i]) - p + (p if p and number not in slot else 0)
-        if current is None or (current.seqs and current.tokens + cost > budget):
+        if current is None or (current.seqs and used + cost > budget):
             current = Pack([], [], layout="packed")
             packs.append(current)
             slot = {}
+            used = 0
+            cost = len(sequences[i])  # a new pack carries the prefix again
         if p and number not in slot:
             slot[number] = len(current.prefixes)
             current.prefixes.append(tuple(sequences[i][:p]))
         current.indices.append(i)
         current.seqs.append(sequences[i][p:] if p else sequences[i])
         current.prefix_of.append(slot[number] if p else -1)
+        used += cost
     return packs
 
 
