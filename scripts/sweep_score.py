@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Sweep the engine's knobs on the PERFORMANCE.md §2 workload (GPU): token budget per pack, the
-padding allowed in dense batches, and Inductor options; prints tokens/s per setting.
+padding allowed in dense batches, the fused decoder against transformers' compiled layers, and an
+Inductor option for the latter; prints tokens/s per setting.
 
     python scripts/sweep_score.py [--pairs 2000] [--workdir DIR]
 """
@@ -20,7 +21,8 @@ SETTINGS = [
     {"name": "budget 128k", "batch_tokens": 131072},
     {"name": "padding up to 30%", "max_padding": 0.30},
     {"name": "padding up to 50%", "max_padding": 0.50},
-    {"name": "coordinate-descent tuning", "inductor": {"coordinate_descent_tuning": True}},
+    {"name": "transformers' compiled layers (fused=False)", "fused": False},
+    {"name": "compiled layers, coordinate-descent tuning", "fused": False, "inductor": {"coordinate_descent_tuning": True}},
 ]
 
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(inductor_config, k, v)
         engine.MAX_PADDING = setting.get("max_padding", default_padding)
         torch._dynamo.reset()
-        scorer = Scorer(folder, device="cuda:0", batch_tokens=setting.get("batch_tokens"))
+        scorer = Scorer(folder, device="cuda:0", batch_tokens=setting.get("batch_tokens"), fused=setting.get("fused", "auto"))
         for _ in range(2):
             scorer.score_tokens(seqs)
         seconds = bench_score.cuda_time(lambda: scorer.score_tokens(seqs), 3)

@@ -211,6 +211,9 @@ def test_folder_that_is_not_a_converted_model(runtime_models, tmp_path):
         seqcls.Scorer(runtime_models["qwen3"], device="tpu")
     with pytest.raises(UsageError, match="Unknown dtype"):
         seqcls.Scorer(runtime_models["qwen3"], device="cpu", dtype="int3")
+    with pytest.raises(UsageError, match="fused decoder cannot run .*CUDA GPU; use fused='auto' or False"):
+        seqcls.Scorer(runtime_models["qwen3"], device="cpu", fused=True)
+    assert seqcls.Scorer(runtime_models["qwen3"], device="cpu").engine.replicas[0].fused is None  # auto: CPU never
 
 
 # ---------------------------------------------------------------- parity with transformers
@@ -516,12 +519,12 @@ SEQ_CLS = {"qwen3": "Qwen3ForSequenceClassification", "qwen2": "Qwen2ForSequence
            "mistral": "MistralForSequenceClassification", "phi3": "Phi3ForSequenceClassification"}
 
 
-def seqcls_folder_without_converter(folder: Path, arch: str, recipe: str, sliding_window: int | None = None) -> Path:
+def seqcls_folder_without_converter(folder: Path, arch: str, recipe: str, sliding_window: int | None = None, config=None) -> Path:
     import transformers
 
     from factory import tiny_config
 
-    config = tiny_config(arch, tied=False)
+    config = config if config is not None else tiny_config(arch, tied=False)
     config.num_labels = 1
     config.architectures = [SEQ_CLS[arch]]
     if sliding_window is not None:
@@ -597,3 +600,34 @@ def test_gpu_data_parallel_over_all_gpus(gpu_models):
     assert len(every.engine.replicas) == torch.cuda.device_count()
     one = seqcls.Scorer(folder, device="cuda:0", batch_tokens=256)
     assert torch.allclose(torch.tensor(every.score(queries, docs, raw=True).scores), torch.tensor(one.score(queries, docs, raw=True).scores), atol=1e-2)
+
+
+@pytest.fixture(scope="session")
+def fused_models(tmp_path_factory) -> dict[str, Path]:
+    """Llama-family folders shaped for the fused kernels (head_dim 64): Qwen3 (q/k-norm), Qwen2 (q/k/v
+    biases), Llama, Mistral."""
+    from factory import tiny_config
+
+    root = tmp_path_factory.mktemp("fused-models")
+    out = {}
+    for arch in ("qwen3", "qwen2", "llama", "mistral"):
+        config = tiny_config(arch, tied=False)
+        config.hidden_size, config.intermediate_size, config.head_dim = 256, 384, 64
+        out[arch] = seqcls_folder_without_converter(root / arch, arch, "qwen3", config=config)
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama", "mistral"])
+def test_gpu_fused_decoder_matches_transformers(fused_models, arch):
+    folder = fused_models[arch]
+    queries, docs = _gpu_pairs()
+    cpu_reference = torch.tensor(seqcls.Scorer(folder, device="cpu").score(queries, docs, raw=True).scores)
+    unfused = torch.tensor(seqcls.Scorer(folder, device="cuda:0", fused=False).score(queries, docs, raw=True).scores)
+    noise = (unfused - cpu_reference).abs().max()
+    for kwargs in (dict(), dict(shared_prefix=False), dict(backend="packed"), dict(batch_tokens=160)):
+        scorer = seqcls.Scorer(folder, device="cuda:0", **kwargs)
+        assert scorer.engine.replicas[0].fused is not None
+        got = torch.tensor(scorer.score(queries, docs, raw=True).scores)
+        # as close to fp32 as transformers' own bf16 layers are
+        assert (got - cpu_reference).abs().max() <= 2 * noise + 0.02, (arch, kwargs, (got - cpu_reference).abs().max(), noise)

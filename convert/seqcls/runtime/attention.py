@@ -214,19 +214,25 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                                       sliding_window=sliding_window, softcap=softcap, **kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    q = query[0].transpose(0, 1)  # [T, H, D]
-    k = key[0].transpose(0, 1)  # [T, KVH, D]
-    v = value[0].transpose(0, 1)
+    # [1, H, T, D] -> [T, H, D]
+    out = attend_packed(ctx, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), scaling,
+                        sliding_window, softcap)
+    return out.unsqueeze(0), None
+
+
+def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+                  sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+    """Packed attention: q [T, H, D], k/v [T, KVH, D] -> [T, H, Dv], each sequence attending to its
+    prefix's keys and values (if any) and, causally, its own."""
     if ctx.use_flash and softcap is None:
         if ctx.kv_index is not None:
             k = k.index_select(0, ctx.kv_index)
             v = v.index_select(0, ctx.kv_index)
         window = -1 if sliding_window is None else int(sliding_window) - 1
-        out = torch.ops.aten._flash_attention_forward(
+        return torch.ops.aten._flash_attention_forward(
             q.contiguous(), k.contiguous(), v.contiguous(), ctx.cu_q, ctx.cu_k, ctx.max_q, ctx.max_k,
             0.0, True, False, scale=float(scaling), window_size_left=window, window_size_right=-1 if window < 0 else 0,
         )[0]
-        return out.unsqueeze(0), None
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     with _single_thread(q.device) as team:
         spans = list(zip(ctx.starts, ctx.lengths, ctx.prefix_starts, ctx.prefix_lens))
@@ -243,7 +249,7 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                 future.result()
         else:
             _attend_each(spans, q, k, v, out, scaling, sliding_window, softcap)
-    return out.unsqueeze(0), None
+    return out
 
 
 def _attend_each(spans: list[tuple[int, int, int, int]], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,

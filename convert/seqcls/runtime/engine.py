@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .attention import ATTN_NAME, DENSE_NAME, PackContext, active, flash_supported, register, to_device
+from .attention import ATTN_NAME, DENSE_NAME, PackContext, active, attend_packed, flash_supported, register, to_device
 
 BACKENDS = ("auto", "packed", "padded")
 DEFAULT_BUDGET = {("cuda", "packed"): 65536, ("cuda", "padded"): 65536, ("cpu", "packed"): 4096, ("cpu", "padded"): 4096}
@@ -297,9 +297,12 @@ class DeviceEngine:
         dtype: the compute dtype.
         backend: ``packed`` or ``padded`` (``auto``: packed where the architecture allows it).
         compile: compile each decoder layer with ``torch.compile`` (``auto``: on CUDA when Triton is present).
+        fused: run Llama-family models through ``fused.FusedDecoder`` (``auto``: wherever it applies, i.e.
+            bf16/fp16 on CUDA with Triton; False: transformers' decoder layers).
     """
 
-    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", compile: bool | str = "auto"):
+    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", compile: bool | str = "auto",
+                 fused: bool | str = "auto"):
         requested = backend
         if backend not in BACKENDS:
             raise UsageError(f"Unknown backend {backend!r}; use auto, packed or padded.")
@@ -343,9 +346,20 @@ class DeviceEngine:
         self.window = int(window) if window and (not layer_types or "sliding_attention" in layer_types) else None
         self.dense = self.backend == "packed" and requested == "auto" and device.type == "cuda" and self.softcap is None
         self.compiled = False
+        self.fused = None
+        if self.backend == "packed" and fused is not False:
+            reason = "it needs bf16 or fp16 on a CUDA GPU"
+            if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):  # only then import Triton
+                from . import fused as fused_module
+
+                reason = fused_module.supported(model, device, dtype) or ("soft-capped attention" if self.softcap is not None else None)
+                if reason is None:
+                    self.fused = fused_module.FusedDecoder(model)
+            if reason is not None and fused is True:
+                raise UsageError(f"The fused decoder cannot run {type(model).__name__}: {reason}; use fused='auto' or False.")
         if compile == "auto":
             compile = device.type == "cuda" and _has_triton()
-        if compile and self.backend == "packed":
+        if compile and self.backend == "packed" and self.fused is None:
             self._compile_layers()
 
     def _compile_layers(self) -> None:
@@ -390,8 +404,12 @@ class DeviceEngine:
         offsets = [0] * len(prefixes) + [n for _, n in seq_spans]
         ids, pos, lengths = self._stream(stream, offsets)
         ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans)
-        with active(ctx):
-            hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
+        if self.fused is not None:
+            scaling, window = self.fused.scaling, self.window
+            hidden = self.fused.forward(ids, pos, lambda q, k, v: attend_packed(ctx, q, k, v, scaling, window).flatten(1))
+        else:
+            with active(ctx):
+                hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
         ends = np.cumsum(lengths)[len(prefixes):] - 1
         return self._head(hidden.index_select(0, to_device(ends, self.device)))
 
@@ -403,11 +421,30 @@ class DeviceEngine:
         for row, s in enumerate(seqs):
             batch[row, : len(s)] = s
         self._check_ids(batch)
-        with self._dense_attention():
-            hidden = self.backbone(input_ids=to_device(batch, self.device), use_cache=False).last_hidden_state
         rows = torch.arange(len(seqs), device=self.device)
         ends = to_device(np.asarray(lengths, dtype=np.int64) - 1, self.device)
+        if self.fused is not None:
+            hidden = self._fused_padded(batch)
+            return self._head(hidden[rows * batch.shape[1] + ends])
+        with self._dense_attention():
+            hidden = self.backbone(input_ids=to_device(batch, self.device), use_cache=False).last_hidden_state
         return self._head(hidden[rows, ends])
+
+    def _fused_padded(self, batch: np.ndarray) -> torch.Tensor:
+        """A right-padded batch through the fused decoder: the matrix products on the flattened batch,
+        dense causal attention per row (padding comes after every real token, so no real token sees it)."""
+        rows, width = batch.shape
+        ids = to_device(batch.reshape(-1), self.device)
+        pos = torch.arange(width, device=self.device).repeat(rows)
+        scaling = self.fused.scaling
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q4, k4, v4 = (t.view(rows, width, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+            return out.transpose(1, 2).reshape(rows * width, -1)
+
+        with self._dense_attention():
+            return self.fused.forward(ids, pos, attend)
 
     @contextmanager
     def _dense_attention(self) -> Iterator[None]:
@@ -488,13 +525,13 @@ class Engine:
         path: the converted folder.
         devices: torch devices (one replica each).
         dtype: compute dtype.
-        backend, compile: see DeviceEngine.
+        backend, compile, fused: see DeviceEngine.
         batch_tokens: token budget of one pack (default: 64k on GPU, 4k on CPU).
     """
 
     def __init__(self, path: str, devices: list[torch.device], dtype: torch.dtype, backend: str = "auto",
-                 compile: bool | str = "auto", batch_tokens: int | None = None):
-        self.replicas = [DeviceEngine(path, d, dtype, backend, compile) for d in devices]
+                 compile: bool | str = "auto", batch_tokens: int | None = None, fused: bool | str = "auto"):
+        self.replicas = [DeviceEngine(path, d, dtype, backend, compile, fused) for d in devices]
         first = self.replicas[0]
         self.backend = first.backend
         self.num_labels = first.num_labels

@@ -173,7 +173,11 @@ class Scorer:
             dense attention), ``packed`` (varlen packing only) or ``padded`` (transformers' own forward on
             padded batches, the fallback for architectures the packed path cannot drive).
         compile: ``auto`` (on CUDA), True or False: torch.compile the decoder layers (on CPU it pays
-            off for large jobs: about 10 s once, then ~10% faster).
+            off for large jobs: about 10 s once, then ~10% faster). Not used where ``fused`` applies.
+        fused: ``auto`` (default), True or False: run Llama-family models (Llama, Mistral, Qwen2,
+            Qwen3) in bf16/fp16 on CUDA through seqcls's fused Triton kernels (norms, rotary, q/k-norm,
+            SiLU·mul and residual adds folded into the matrix products); False runs transformers'
+            decoder layers.
 
     Example:
         >>> scorer = seqcls.Scorer("qwen3-reranker-seqcls")
@@ -194,6 +198,7 @@ class Scorer:
         batch_tokens: int | None = None,
         backend: str = "auto",
         compile: bool | str = "auto",
+        fused: bool | str = "auto",
     ):
         self.folder: ModelFolder = load_folder(model_or_dir)
         self.tokenizer = load_tokenizer(self.folder.path)
@@ -214,7 +219,7 @@ class Scorer:
             self.prompter = MultimodalPrompter(self.folder.path, self.tokenizer, self.folder.template)
             self.engine: Any = VisionEngine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), batch_tokens)
         else:
-            self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens)
+            self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens, fused)
 
     # -- properties
 

@@ -1,0 +1,241 @@
+"""A scoring forward for the Llama family on CUDA: cuBLAS matrix products, three Triton kernels.
+
+transformers' decoder layer runs about fifteen kernels per layer in eager mode; compiled, Inductor
+fuses its elementwise work but each layer costs a graph-guard check per call and the model tens of
+seconds of compilation before the first score. This module runs the same layer as nine kernels with
+no compilation:
+
+1. RMSNorm (Triton, one pass over each row);
+2. ``h @ Wqkv^T`` (cuBLAS, biases in its epilogue);
+3. q/k RMSNorm and the rotary embedding, in place on the q/k heads (Triton, one pass);
+4. attention (the engine's: dense cuDNN/flash SDPA on padded batches, varlen flash on packed streams);
+5. ``x + o @ Wo^T`` (cuBLAS ``addmm``: the residual add is the GEMM's epilogue);
+6. RMSNorm;
+7. ``h @ [Wg; Wu]^T`` (cuBLAS, one product for both);
+8. SiLU(g) * u (Triton);
+9. ``x + a @ Wd^T`` (cuBLAS ``addmm``).
+
+Norms, rotary and the activation compute in float32 and round once, where transformers rounds some
+intermediates to bf16, so scores differ from transformers' bf16 run by bf16 noise (the tests compare
+both against float32). Used for bf16/fp16 on CUDA when Triton is present; everything else runs
+transformers' own layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+try:  # Triton ships with CUDA builds of torch; without it nothing here is used
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+    tl = None
+
+
+def supported(model: Any, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when ``FusedDecoder`` can run ``model`` on ``device`` in ``dtype``, else the reason it cannot."""
+    if triton is None:
+        return "Triton is not installed"
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return "it needs bf16 or fp16 on a CUDA GPU"
+    config = model.config
+    if getattr(config, "model_type", None) not in FAMILIES:
+        return f"model type {getattr(config, 'model_type', None)!r} is not one of {', '.join(FAMILIES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    backbone = getattr(model, "model", None)
+    if backbone is None or not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb"):
+        return "the backbone has no layers or rotary embedding"
+    if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0):
+        return "its rotary embedding covers only part of each head"
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    if head_dim not in (64, 128, 256):
+        return f"head dimension {head_dim} is not 64, 128 or 256"
+    first = backbone.layers[0]
+    attn, mlp = getattr(first, "self_attn", None), getattr(first, "mlp", None)
+    needed = [(attn, "q_proj"), (attn, "k_proj"), (attn, "v_proj"), (attn, "o_proj"), (mlp, "gate_proj"), (mlp, "up_proj"),
+              (mlp, "down_proj"), (first, "input_layernorm"), (first, "post_attention_layernorm")]
+    if any(getattr(owner, name, None) is None for owner, name in needed):
+        return "the decoder layers are not laid out as in Llama"
+    return None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, M, stride_x, stride_out, eps, N: tl.constexpr, BLOCK: tl.constexpr,
+                         ROWS: tl.constexpr):
+        """out = x / sqrt(mean(x^2) + eps) * w, row by row, in float32, rounded once."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK)
+        mask = (rows < M)[:, None] & (cols < N)[None, :]
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / N + eps)
+        w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
+        y = x * rstd[:, None] * w[None, :]
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _qk_rope_kernel(qkv_ptr, norm_ptr, cos_ptr, sin_ptr, M, stride_qkv, stride_cs, eps, HQ: tl.constexpr,
+                        HK: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, ROWS: tl.constexpr):
+        """In place on the q and k heads of ROWS rows: per-head RMSNorm (q_norm/k_norm), then rotary
+        (column j paired with j + D/2, as transformers' rotate_half); cos/sin are read once per row."""
+        HALF: tl.constexpr = D // 2
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_ok = (rows < M)[:, None]
+        offs = tl.arange(0, HALF)[None, :]
+        cs = rows[:, None].to(tl.int64) * stride_cs + offs
+        cos1 = tl.load(cos_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
+        cos2 = tl.load(cos_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
+        sin1 = tl.load(sin_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
+        sin2 = tl.load(sin_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
+        if QK_NORM:
+            qw1 = tl.load(norm_ptr + offs).to(tl.float32)
+            qw2 = tl.load(norm_ptr + HALF + offs).to(tl.float32)
+            kw1 = tl.load(norm_ptr + D + offs).to(tl.float32)
+            kw2 = tl.load(norm_ptr + D + HALF + offs).to(tl.float32)
+        row_base = qkv_ptr + rows[:, None].to(tl.int64) * stride_qkv + offs
+        for head in tl.static_range(HQ + HK):
+            base = row_base + head * D
+            y1 = tl.load(base, mask=row_ok, other=0.0).to(tl.float32)
+            y2 = tl.load(base + HALF, mask=row_ok, other=0.0).to(tl.float32)
+            if QK_NORM:
+                r = tl.rsqrt((tl.sum(y1 * y1, axis=1) + tl.sum(y2 * y2, axis=1)) / D + eps)[:, None]
+                if head < HQ:
+                    y1, y2 = y1 * r * qw1, y2 * r * qw2
+                else:
+                    y1, y2 = y1 * r * kw1, y2 * r * kw2
+            tl.store(base, (y1 * cos1 - y2 * sin1).to(qkv_ptr.dtype.element_ty), mask=row_ok)
+            tl.store(base + HALF, (y2 * cos2 + y1 * sin2).to(qkv_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
+    def _silu_mul_kernel(gu_ptr, out_ptr, M, N, stride_gu, stride_out, ROWS: tl.constexpr, BN: tl.constexpr):
+        """out = silu(gu[:, :N]) * gu[:, N:] in float32, rounded once."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.program_id(1) * BN + tl.arange(0, BN)
+        mask = (rows < M)[:, None] & (cols < N)[None, :]
+        base = gu_ptr + rows[:, None].to(tl.int64) * stride_gu + cols[None, :]
+        g = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(base + N, mask=mask, other=0.0).to(tl.float32)
+        out = out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :]
+        tl.store(out, (g * tl.sigmoid(g) * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Llama RMSNorm of each row of ``x`` [M, N]."""
+    M, N = x.shape
+    out = torch.empty_like(x)
+    block = triton.next_power_of_2(N)
+    rows = max(1, min(16, 8192 // block))
+    _rms_norm_kernel[(triton.cdiv(M, rows),)](x, weight, out, M, x.stride(0), out.stride(0), eps, N=N, BLOCK=block, ROWS=rows,
+                                              num_warps=4 if block <= 2048 else 8)
+    return out
+
+
+def qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+                  kv_heads: int, head_dim: int, eps: float, rows: int = 32, warps: int = 4) -> torch.Tensor:
+    """In place on ``qkv`` [M, (heads + 2 kv_heads) * head_dim] (queries, keys, values): q/k RMSNorm
+    (``qk_norm``: q_norm's weight then k_norm's, or None) and the rotary embedding (``cos``/``sin``
+    [M, head_dim]) on the query and key heads."""
+    M = qkv.shape[0]
+    _qk_rope_kernel[(triton.cdiv(M, rows),)](
+        qkv, qk_norm if qk_norm is not None else cos, cos, sin, M, qkv.stride(0), cos.stride(0), eps, HQ=heads, HK=kv_heads,
+        D=head_dim, QK_NORM=qk_norm is not None, ROWS=rows, num_warps=warps)
+    return qkv
+
+
+def silu_mul(gu: torch.Tensor, rows: int = 4, block: int = 1024, warps: int = 4) -> torch.Tensor:
+    """[M, 2N] (gate, up) -> [M, N] = silu(gate) * up."""
+    M, two_n = gu.shape
+    N = two_n // 2
+    out = gu.new_empty(M, N)
+    _silu_mul_kernel[(triton.cdiv(M, rows), triton.cdiv(N, block))](gu, out, M, N, gu.stride(0), out.stride(0), ROWS=rows,
+                                                                    BN=block, num_warps=warps)
+    return out
+
+
+class FusedDecoder:
+    """The decoder stack of a Llama-family ``*ForSequenceClassification`` model as nine kernels a layer.
+
+    Concatenates the q/k/v and the gate/up weights once (the model's modules are left as they are,
+    for the engine's other paths; the copies cost a third of the layer weights' memory).
+    """
+
+    def __init__(self, model: Any):
+        reason = supported(model, next(model.parameters()).device, next(model.parameters()).dtype)
+        if reason:
+            raise ValueError(f"the fused decoder cannot run this model: {reason}")
+        config = model.config
+        backbone = model.model
+        self.embed = backbone.embed_tokens
+        self.rotary = backbone.rotary_emb
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.scaling = self.head_dim ** -0.5
+        self.layers: list[dict[str, Any]] = []
+        with torch.no_grad():
+            for layer in backbone.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+                self.layers.append({
+                    "in_norm": layer.input_layernorm.weight, "in_eps": _eps(layer.input_layernorm),
+                    "wqkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                    "bqkv": _cat_biases([attn.q_proj, attn.k_proj, attn.v_proj]),
+                    "qk_norm": torch.cat([q_norm.weight, k_norm.weight]) if q_norm is not None else None,
+                    "qk_eps": _eps(q_norm) if q_norm is not None else 0.0,
+                    "wo_t": attn.o_proj.weight.t(), "bo": attn.o_proj.bias,
+                    "post_norm": layer.post_attention_layernorm.weight, "post_eps": _eps(layer.post_attention_layernorm),
+                    "wgu": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), "bgu": _cat_biases([mlp.gate_proj, mlp.up_proj]),
+                    "wd_t": mlp.down_proj.weight.t(), "bd": mlp.down_proj.bias,
+                })
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor,
+                attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Residual stream [T, hidden] after the last layer (before the final norm).
+
+        Args:
+            ids, positions: [T] token ids and position ids of the flat stream (a padded batch flattened
+                row by row, or a packed stream).
+            attend: (q [T, H, D], k [T, KVH, D], v [T, KVH, D]) -> [T, H * D], each token attending to
+                what it may see; q/k/v are strided views of one buffer.
+        """
+        x = self.embed(ids)
+        cos, sin = self.rotary(x[None], positions[None])
+        cos, sin = cos[0].contiguous(), sin[0].contiguous()
+        nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        t = x.shape[0]
+        for p in self.layers:
+            qkv = F.linear(rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
+            qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
+            q = qkv[:, :nq].view(t, self.heads, self.head_dim)
+            k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
+            v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
+            x = torch.addmm(x, attend(q, k, v), p["wo_t"])
+            if p["bo"] is not None:
+                x += p["bo"]
+            gu = F.linear(rms_norm(x, p["post_norm"], p["post_eps"]), p["wgu"], p["bgu"])
+            x = torch.addmm(x, silu_mul(gu), p["wd_t"])
+            if p["bd"] is not None:
+                x += p["bd"]
+        return x
+
+
+def _cat_biases(linears: list[Any]) -> torch.Tensor | None:
+    """The concatenated biases of ``linears`` (zeros for those without one), or None if none has one."""
+    biases = [m.bias for m in linears]
+    if all(b is None for b in biases):
+        return None
+    return torch.cat([b if b is not None else m.weight.new_zeros(m.weight.shape[0]) for b, m in zip(biases, linears)])
+
+
+def _eps(norm: Any) -> float:
+    """The epsilon of a transformers RMSNorm module (named variance_epsilon or eps)."""
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
