@@ -252,6 +252,25 @@ def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.T
     return out
 
 
+def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+                       scored_from: int, sliding_window: int | None = None) -> torch.Tensor:
+    """The last token of each sequence from ``scored_from`` on (the stream's earlier sequences are
+    shared prefixes) attending to its prefix's keys and values and all of its own: q [N, H, D], k/v
+    [T, KVH, D] of the whole stream -> [N, H, Dv]. Flash varlen, one query per sequence."""
+    spans = list(zip(ctx.starts, ctx.lengths, ctx.prefix_starts, ctx.prefix_lens))[scored_from:]
+    rows = np.concatenate([np.concatenate([np.arange(a, a + b), np.arange(s, s + n)]) for s, n, a, b in spans])
+    cu_k = np.zeros(len(spans) + 1, dtype=np.int32)
+    np.cumsum([n + b for _, n, _, b in spans], out=cu_k[1:])
+    cu_q = np.arange(len(spans) + 1, dtype=np.int32)
+    index = to_device(rows.astype(np.int64), q.device)
+    window = -1 if sliding_window is None else int(sliding_window) - 1
+    return torch.ops.aten._flash_attention_forward(
+        q.contiguous(), k.index_select(0, index), v.index_select(0, index), to_device(cu_q, q.device), to_device(cu_k, q.device),
+        1, int(np.diff(cu_k).max()), 0.0, True, False, scale=float(scaling), window_size_left=window,
+        window_size_right=-1 if window < 0 else 0,
+    )[0]
+
+
 def _attend_each(spans: list[tuple[int, int, int, int]], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                  scaling: float, sliding_window: int | None, softcap: float | None) -> None:
     """Sequences given as (start, length, prefix start, prefix length) spans of the stream, one by one."""

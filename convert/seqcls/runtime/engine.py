@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .attention import ATTN_NAME, DENSE_NAME, PackContext, active, attend_packed, flash_supported, register, to_device
+from .attention import (ATTN_NAME, DENSE_NAME, PackContext, active, attend_packed, attend_packed_last, flash_supported, register,
+                        to_device)
 
 BACKENDS = ("auto", "packed", "padded")
 DEFAULT_BUDGET = {("cuda", "packed"): 65536, ("cuda", "padded"): 65536, ("cpu", "packed"): 4096, ("cpu", "padded"): 4096}
@@ -404,14 +405,22 @@ class DeviceEngine:
         offsets = [0] * len(prefixes) + [n for _, n in seq_spans]
         ids, pos, lengths = self._stream(stream, offsets)
         ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans)
+        last = to_device(np.cumsum(lengths)[len(prefixes):] - 1, self.device)
         if self.fused is not None:
-            scaling, window = self.fused.scaling, self.window
-            hidden = self.fused.forward(ids, pos, lambda q, k, v: attend_packed(ctx, q, k, v, scaling, window).flatten(1))
-        else:
-            with active(ctx):
-                hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
-        ends = np.cumsum(lengths)[len(prefixes):] - 1
-        return self._head(hidden.index_select(0, to_device(ends, self.device)))
+            scaling, window, scored_from = self.fused.scaling, self.window, len(prefixes)
+
+            def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return attend_packed(ctx, q, k, v, scaling, window).flatten(1)
+
+            def attend_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return attend_packed_last(ctx, q, k, v, scaling, scored_from, window).flatten(1)
+
+            if self.use_flash:  # the last layer only at the rows the head reads
+                return self._head(self.fused.forward(ids, pos, attend, last, attend_last))
+            return self._head(self.fused.forward(ids, pos, attend).index_select(0, last))
+        with active(ctx):
+            hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
+        return self._head(hidden.index_select(0, last))
 
     def forward_padded(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits of one right-padded batch (causal attention never lets real tokens see the padding)."""
@@ -424,27 +433,37 @@ class DeviceEngine:
         rows = torch.arange(len(seqs), device=self.device)
         ends = to_device(np.asarray(lengths, dtype=np.int64) - 1, self.device)
         if self.fused is not None:
-            hidden = self._fused_padded(batch)
-            return self._head(hidden[rows * batch.shape[1] + ends])
+            return self._head(self._fused_padded(batch, ends))
         with self._dense_attention():
             hidden = self.backbone(input_ids=to_device(batch, self.device), use_cache=False).last_hidden_state
         return self._head(hidden[rows, ends])
 
-    def _fused_padded(self, batch: np.ndarray) -> torch.Tensor:
+    def _fused_padded(self, batch: np.ndarray, ends: torch.Tensor) -> torch.Tensor:
         """A right-padded batch through the fused decoder: the matrix products on the flattened batch,
-        dense causal attention per row (padding comes after every real token, so no real token sees it)."""
+        dense causal attention per row (padding comes after every real token, so no real token sees
+        it); the last layer only at each row's last token (``ends``). Returns [rows, hidden]."""
         rows, width = batch.shape
         ids = to_device(batch.reshape(-1), self.device)
         pos = torch.arange(width, device=self.device).repeat(rows)
         scaling = self.fused.scaling
+        keep = (torch.arange(width, device=self.device)[None, :] <= ends[:, None])[:, None, None, :]  # [B, 1, 1, W]
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # [B * W, heads, D] -> [B, heads, W, D]
+            return t.view(rows, width, t.shape[1], t.shape[2]).transpose(1, 2)
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q4, k4, v4 = (t.view(rows, width, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+            out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True, scale=scaling,
+                                                 enable_gqa=q.shape[1] != k.shape[1])
             return out.transpose(1, 2).reshape(rows * width, -1)
 
+        def attend_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # q [B, H, D]
+            out = F.scaled_dot_product_attention(q[:, :, None, :], split(k), split(v), attn_mask=keep, scale=scaling,
+                                                 enable_gqa=q.shape[1] != k.shape[1])
+            return out[:, :, 0, :].reshape(rows, -1)
+
+        last = torch.arange(rows, device=self.device) * width + ends
         with self._dense_attention():
-            return self.fused.forward(ids, pos, attend)
+            return self.fused.forward(ids, pos, attend, last, attend_last)
 
     @contextmanager
     def _dense_attention(self) -> Iterator[None]:

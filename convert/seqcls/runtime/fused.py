@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 try:  # Triton ships with CUDA builds of torch; without it nothing here is used
     import triton
@@ -197,34 +198,56 @@ class FusedDecoder:
                     "wd_t": mlp.down_proj.weight.t(), "bd": mlp.down_proj.bias,
                 })
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor,
-                attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Residual stream [T, hidden] after the last layer (before the final norm).
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, last: torch.Tensor | None = None,
+                attend_last: Attend | None = None) -> torch.Tensor:
+        """Residual stream after the last layer (before the final norm).
 
         Args:
             ids, positions: [T] token ids and position ids of the flat stream (a padded batch flattened
                 row by row, or a packed stream).
             attend: (q [T, H, D], k [T, KVH, D], v [T, KVH, D]) -> [T, H * D], each token attending to
                 what it may see; q/k/v are strided views of one buffer.
+            last, attend_last: the rows the head reads ([N], one per scored sequence) and their
+                attention (q [N, H, D], k/v of the whole stream -> [N, H * D]). Given both, the last
+                layer computes keys and values everywhere but everything else only at those rows, and
+                the result is [N, hidden]; else [T, hidden].
         """
         x = self.embed(ids)
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0].contiguous(), sin[0].contiguous()
         nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        pruned = last is not None and attend_last is not None
+        layers = self.layers[:-1] if pruned else self.layers
         t = x.shape[0]
-        for p in self.layers:
+        for p in layers:
             qkv = F.linear(rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
             qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
             q = qkv[:, :nq].view(t, self.heads, self.head_dim)
             k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
             v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
-            x = torch.addmm(x, attend(q, k, v), p["wo_t"])
-            if p["bo"] is not None:
-                x += p["bo"]
-            gu = F.linear(rms_norm(x, p["post_norm"], p["post_eps"]), p["wgu"], p["bgu"])
-            x = torch.addmm(x, silu_mul(gu), p["wd_t"])
-            if p["bd"] is not None:
-                x += p["bd"]
+            x = self._mlp(p, torch.addmm(x, attend(q, k, v), p["wo_t"]))
+        if not pruned:
+            return x
+        p = self.layers[-1]
+        h = rms_norm(x, p["in_norm"], p["in_eps"])
+        kv = F.linear(h, p["wqkv"][nq:], p["bqkv"][nq:] if p["bqkv"] is not None else None)
+        q = F.linear(h.index_select(0, last), p["wqkv"][:nq], p["bqkv"][:nq] if p["bqkv"] is not None else None)
+        qk_norm_rope_(kv, p["qk_norm"], cos, sin, 0, self.kv_heads, self.head_dim, p["qk_eps"])
+        qk_norm_rope_(q, p["qk_norm"], cos.index_select(0, last), sin.index_select(0, last), self.heads, 0, self.head_dim, p["qk_eps"])
+        k = kv[:, :nk].view(t, self.kv_heads, self.head_dim)
+        v = kv[:, nk:].view(t, self.kv_heads, self.head_dim)
+        o = attend_last(q.view(-1, self.heads, self.head_dim), k, v)
+        return self._mlp(p, torch.addmm(x.index_select(0, last), o, p["wo_t"]))
+
+    @staticmethod
+    def _mlp(p: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+        """The rest of a layer after ``x = x + o @ Wo^T``: the o bias, then the MLP with its residual."""
+        if p["bo"] is not None:
+            x += p["bo"]
+        gu = F.linear(rms_norm(x, p["post_norm"], p["post_eps"]), p["wgu"], p["bgu"])
+        x = torch.addmm(x, silu_mul(gu), p["wd_t"])
+        if p["bd"] is not None:
+            x += p["bd"]
         return x
 
 
