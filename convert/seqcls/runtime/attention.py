@@ -228,11 +228,7 @@ def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.T
         if ctx.kv_index is not None:
             k = k.index_select(0, ctx.kv_index)
             v = v.index_select(0, ctx.kv_index)
-        window = -1 if sliding_window is None else int(sliding_window) - 1
-        return torch.ops.aten._flash_attention_forward(
-            q.contiguous(), k.contiguous(), v.contiguous(), ctx.cu_q, ctx.cu_k, ctx.max_q, ctx.max_k,
-            0.0, True, False, scale=float(scaling), window_size_left=window, window_size_right=-1 if window < 0 else 0,
-        )[0]
+        return _flash(q, k, v, ctx.cu_q, ctx.cu_k, ctx.max_q, ctx.max_k, scaling, sliding_window)
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     with _single_thread(q.device) as team:
         spans = list(zip(ctx.starts, ctx.lengths, ctx.prefix_starts, ctx.prefix_lens))
@@ -263,11 +259,17 @@ def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: to
     np.cumsum([n + b for _, n, _, b in spans], out=cu_k[1:])
     cu_q = np.arange(len(spans) + 1, dtype=np.int32)
     index = to_device(rows.astype(np.int64), q.device)
+    return _flash(q, k.index_select(0, index), v.index_select(0, index), to_device(cu_q, q.device), to_device(cu_k, q.device),
+                  1, int(np.diff(cu_k).max()), scaling, sliding_window)
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,
+           scaling: float, sliding_window: int | None) -> torch.Tensor:
+    """Causal (bottom-right aligned) flash-attention varlen over the given sequence boundaries."""
     window = -1 if sliding_window is None else int(sliding_window) - 1
     return torch.ops.aten._flash_attention_forward(
-        q.contiguous(), k.index_select(0, index), v.index_select(0, index), to_device(cu_q, q.device), to_device(cu_k, q.device),
-        1, int(np.diff(cu_k).max()), 0.0, True, False, scale=float(scaling), window_size_left=window,
-        window_size_right=-1 if window < 0 else 0,
+        q.contiguous(), k.contiguous(), v.contiguous(), cu_q, cu_k, max_q, max_k,
+        0.0, True, False, scale=float(scaling), window_size_left=window, window_size_right=-1 if window < 0 else 0,
     )[0]
 
 

@@ -1,6 +1,9 @@
 """The scoring engine: token-budget scheduling, packed or padded forward passes, shared prefixes.
 
-Runs transformers' own modeling code (loaded with AutoModelForSequenceClassification) in two ways:
+Loads the model with transformers (AutoModelForSequenceClassification). Llama-family models in
+bf16/fp16 on CUDA run through ``fused.FusedDecoder`` (cuBLAS products and three Triton kernels a layer,
+the last layer only at the rows the head reads); everything else runs transformers' own decoder layers
+(compiled on CUDA). Either way, in two layouts:
 
 * ``packed`` (wherever the architecture uses transformers' attention interface): the sequences of a
   pack are concatenated into one stream with per-sequence position ids and attend only to themselves
