@@ -165,8 +165,8 @@ def silu_mul(gu: torch.Tensor, rows: int = 4, block: int = 1024, warps: int = 4)
 class FusedDecoder:
     """The decoder stack of a Llama-family ``*ForSequenceClassification`` model as nine kernels a layer.
 
-    Concatenates the q/k/v and the gate/up weights once (the model's modules are left as they are,
-    for the engine's other paths; the copies cost a third of the layer weights' memory).
+    Concatenates the q/k/v and the gate/up weights once and re-points the model's projections at
+    slices of the result, so no weight is held twice and the model keeps working.
     """
 
     def __init__(self, model: Any):
@@ -188,13 +188,13 @@ class FusedDecoder:
                 q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
                 self.layers.append({
                     "in_norm": layer.input_layernorm.weight, "in_eps": _eps(layer.input_layernorm),
-                    "wqkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+                    "wqkv": _concatenate([attn.q_proj, attn.k_proj, attn.v_proj]),
                     "bqkv": _cat_biases([attn.q_proj, attn.k_proj, attn.v_proj]),
                     "qk_norm": torch.cat([q_norm.weight, k_norm.weight]) if q_norm is not None else None,
                     "qk_eps": _eps(q_norm) if q_norm is not None else 0.0,
                     "wo_t": attn.o_proj.weight.t(), "bo": attn.o_proj.bias,
                     "post_norm": layer.post_attention_layernorm.weight, "post_eps": _eps(layer.post_attention_layernorm),
-                    "wgu": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), "bgu": _cat_biases([mlp.gate_proj, mlp.up_proj]),
+                    "wgu": _concatenate([mlp.gate_proj, mlp.up_proj]), "bgu": _cat_biases([mlp.gate_proj, mlp.up_proj]),
                     "wd_t": mlp.down_proj.weight.t(), "bd": mlp.down_proj.bias,
                 })
 
@@ -249,6 +249,17 @@ class FusedDecoder:
         if p["bd"] is not None:
             x += p["bd"]
         return x
+
+
+def _concatenate(linears: list[Any]) -> torch.Tensor:
+    """The weights of ``linears`` stacked into one matrix; each module's weight becomes a view of its rows."""
+    weight = torch.cat([m.weight.detach() for m in linears])
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight = torch.nn.Parameter(weight[start:start + rows], requires_grad=False)
+        start += rows
+    return weight
 
 
 def _cat_biases(linears: list[Any]) -> torch.Tensor | None:
