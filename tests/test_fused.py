@@ -104,5 +104,12 @@ def test_fused_decoder_refuses_what_it_cannot_run():
     assert "gemma" in (fused.supported(gemma, torch.device("cuda"), torch.bfloat16) or "")
     llama = transformers.LlamaForSequenceClassification(tiny_config("llama", tied=False))
     assert fused.supported(llama, torch.device("cpu"), torch.float32) is not None  # CPU: never
-    reason = fused.supported(llama, torch.device("cuda"), torch.bfloat16)  # head_dim 16
-    assert reason is not None and ("head dimension 16" in reason or "Triton" in reason)
+    assert "head dimension 16" in fused.supported(llama, torch.device("cuda"), torch.bfloat16)
+    config = tiny_config("qwen3", tied=False)
+    config.head_dim = 64
+    good = transformers.Qwen3ForSequenceClassification(config)
+    assert fused.supported(good, torch.device("cuda"), torch.bfloat16) is None  # shape rules only; no GPU is touched
+    config.layer_types = ["full_attention", "sliding_attention"]
+    config.sliding_window = 8
+    mixed = transformers.Qwen3ForSequenceClassification(config)
+    assert "mix full and sliding" in fused.supported(mixed, torch.device("cuda"), torch.bfloat16)

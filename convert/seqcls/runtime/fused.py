@@ -53,6 +53,9 @@ def supported(model: Any, device: torch.device, dtype: torch.dtype) -> str | Non
     backbone = getattr(model, "model", None)
     if backbone is None or not hasattr(backbone, "layers") or not hasattr(backbone, "rotary_emb"):
         return "the backbone has no layers or rotary embedding"
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and len(set(layer_types)) > 1:
+        return "its layers mix full and sliding-window attention"
     if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0):
         return "its rotary embedding covers only part of each head"
     heads = int(config.num_attention_heads)
