@@ -82,22 +82,30 @@ class PackContext:
         ctx = cls(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist(), use_flash)
         if use_flash:
             kv_lens = lens + p_lens
-            cu_q = np.zeros(len(lens) + 1, dtype=np.int32)
-            np.cumsum(lens, out=cu_q[1:])
-            cu_k = np.zeros(len(lens) + 1, dtype=np.int32)
-            np.cumsum(kv_lens, out=cu_k[1:])
-            ctx.cu_q = to_device(cu_q, device)
-            ctx.cu_k = to_device(cu_k, device)
+            ctx.cu_q = to_device(_boundaries(lens), device)
+            ctx.cu_k = to_device(_boundaries(kv_lens), device)
             ctx.max_q = int(lens.max())
             ctx.max_k = int(kv_lens.max())
             if p_lens.any():
-                # keys/values of each sequence: its prefix's rows, then its own rows
-                index = np.concatenate([
-                    np.concatenate([np.arange(a, a + b), np.arange(s, s + n)]) if b else np.arange(s, s + n)
-                    for s, n, a, b in zip(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist())
-                ])
-                ctx.kv_index = to_device(index, device)
+                ctx.kv_index = to_device(_kv_rows(ctx.spans()), device)
         return ctx
+
+    def spans(self, first: int = 0) -> list[tuple[int, int, int, int]]:
+        """(start, length, prefix start, prefix length) of each sequence from ``first`` on."""
+        return list(zip(self.starts, self.lengths, self.prefix_starts, self.prefix_lens))[first:]
+
+
+def _boundaries(lengths: Any) -> np.ndarray:
+    """Cumulative sequence boundaries [0, l0, l0 + l1, ...] as the varlen kernels take them (int32)."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def _kv_rows(spans: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """The stream rows of each sequence's keys/values: its prefix's rows, then its own."""
+    return np.concatenate([np.concatenate([np.arange(a, a + b), np.arange(s, s + n)]) if b else np.arange(s, s + n)
+                           for s, n, a, b in spans]).astype(np.int64)
 
 
 def current() -> PackContext | None:
@@ -198,7 +206,7 @@ def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.T
     # sharing the sequences out over Python threads (their ops slow the GEMMs, and a busy machine
     # stalls them badly)
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-    _attend_each(list(zip(ctx.starts, ctx.lengths, ctx.prefix_starts, ctx.prefix_lens)), q, k, v, out, scaling, sliding_window, softcap)
+    _attend_each(ctx.spans(), q, k, v, out, scaling, sliding_window, softcap)
     return out
 
 
@@ -207,14 +215,11 @@ def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: to
     """The last token of each sequence from ``scored_from`` on (the stream's earlier sequences are
     shared prefixes) attending to its prefix's keys and values and all of its own: q [N, H, D], k/v
     [T, KVH, D] of the whole stream -> [N, H, Dv]. Flash varlen, one query per sequence."""
-    spans = list(zip(ctx.starts, ctx.lengths, ctx.prefix_starts, ctx.prefix_lens))[scored_from:]
-    rows = np.concatenate([np.concatenate([np.arange(a, a + b), np.arange(s, s + n)]) for s, n, a, b in spans])
-    cu_k = np.zeros(len(spans) + 1, dtype=np.int32)
-    np.cumsum([n + b for _, n, _, b in spans], out=cu_k[1:])
-    cu_q = np.arange(len(spans) + 1, dtype=np.int32)
-    index = to_device(rows.astype(np.int64), q.device)
-    return _flash(q, k.index_select(0, index), v.index_select(0, index), to_device(cu_q, q.device), to_device(cu_k, q.device),
-                  1, int(np.diff(cu_k).max()), scaling, sliding_window)
+    spans = ctx.spans(scored_from)
+    kv_lens = [n + b for _, n, _, b in spans]
+    index = to_device(_kv_rows(spans), q.device)
+    return _flash(q, k.index_select(0, index), v.index_select(0, index), to_device(_boundaries([1] * len(spans)), q.device),
+                  to_device(_boundaries(kv_lens), q.device), 1, max(kv_lens), scaling, sliding_window)
 
 
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,

@@ -433,13 +433,12 @@ class DeviceEngine:
         for row, s in enumerate(seqs):
             batch[row, : len(s)] = s
         self._check_ids(batch)
-        rows = torch.arange(len(seqs), device=self.device)
         ends = to_device(np.asarray(lengths, dtype=np.int64) - 1, self.device)
         if self.fused is not None:
             return self._head(self._fused_padded(batch, ends))
         with self._dense_attention():
             hidden = self.backbone(input_ids=to_device(batch, self.device), use_cache=False).last_hidden_state
-        return self._head(hidden[rows, ends])
+        return self._head(hidden[torch.arange(len(seqs), device=self.device), ends])
 
     def _fused_padded(self, batch: np.ndarray, ends: torch.Tensor) -> torch.Tensor:
         """A right-padded batch through the fused decoder: the matrix products on the flattened batch,
