@@ -265,25 +265,26 @@ def bench_gpu(args) -> dict:
     fused_on = scorer.engine.replicas[0].fused is not None
     log(f"seqcls engine: backend={scorer.engine.backend} flash={scorer.engine.replicas[0].use_flash} "
         f"fused={fused_on} compiled={scorer.engine.replicas[0].compiled}")
-    started = time.perf_counter()
-    scorer.score_tokens(seqs[: min(len(seqs), 400)])  # warm-up (compiles)
-    warm = time.perf_counter() - started
+    def warm_then_time(s, run) -> tuple[float, float]:
+        """(median seconds of ``run``, seconds of the first 400 pairs: start-up and compilation)."""
+        started = time.perf_counter()
+        s.score_tokens(seqs[: min(len(seqs), 400)])
+        warm = time.perf_counter() - started
+        return cuda_time(run, args.repeats), warm
+
     ours = None
 
     def ours_run():
         nonlocal ours
         ours = scorer.score_tokens(seqs, raw=True)
 
-    seconds = cuda_time(ours_run, args.repeats)
+    seconds, warm = warm_then_time(scorer, ours_run)
     label = "fused Triton kernels" if fused_on else "transformers layers, compiled"
     rows.append(row(f"seqcls (sorted batches, last-token head, {label})", seconds, len(seqs), tokens, warmup_s=warm))
     ours_scores = np.array(ours.scores)
     if fused_on and args.compare_unfused:  # the same engine on transformers' (compiled) layers, same run
         plain = Scorer(folder, device="cuda:0", compile=args.compile, batch_tokens=args.batch_tokens, fused=False)
-        started = time.perf_counter()
-        plain.score_tokens(seqs[: min(len(seqs), 400)])
-        warm = time.perf_counter() - started
-        seconds = cuda_time(lambda: plain.score_tokens(seqs), args.repeats)
+        seconds, warm = warm_then_time(plain, lambda: plain.score_tokens(seqs))
         rows.append(row("seqcls on transformers' layers (compiled), fused=False", seconds, len(seqs), tokens, warmup_s=warm))
         del plain
     if torch.cuda.device_count() > 1 and not args.one_gpu:

@@ -17,22 +17,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "convert"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_score  # noqa: E402
 
 
 def cuda_ms(fn, repeats: int = 20) -> float:
-    import torch
-
+    """Median milliseconds of ``fn`` after 3 warm-up calls."""
     for _ in range(3):
         fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return bench_score.cuda_time(fn, repeats) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,18 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     def eager_silu(t):
         return F.silu(t[:, :inter]) * t[:, inter:]
 
-    compiled = {name: torch.compile(fn) for name, fn in (("rms", eager_rms), ("qk", eager_qk), ("silu", eager_silu))}
     rms_bytes, qk_bytes, silu_bytes = 2 * M * hidden * 2, 2 * M * (heads + kv) * d * 2 + 2 * M * d * 2, 3 * M * inter * 2
     qkv_copy = qkv.clone()
-    for label, ours, eager, nbytes in (
-        ("RMSNorm", lambda: fused.rms_norm(x, gamma, 1e-6), lambda: eager_rms(x), rms_bytes),
-        ("q/k RMSNorm + rotary", lambda: fused.qk_norm_rope_(qkv_copy, qk_norm, cos, sin, heads, kv, d, 1e-6), lambda: eager_qk(qkv), qk_bytes),
-        ("SiLU(gate) * up", lambda: fused.silu_mul(gu), lambda: eager_silu(gu), silu_bytes),
+    for label, ours, eager, given, nbytes in (
+        ("RMSNorm", lambda: fused.rms_norm(x, gamma, 1e-6), eager_rms, x, rms_bytes),
+        ("q/k RMSNorm + rotary", lambda: fused.qk_norm_rope_(qkv_copy, qk_norm, cos, sin, heads, kv, d, 1e-6), eager_qk, qkv, qk_bytes),
+        ("SiLU(gate) * up", lambda: fused.silu_mul(gu), eager_silu, gu, silu_bytes),
     ):
-        key = {"RMSNorm": "rms", "q/k RMSNorm + rotary": "qk", "SiLU(gate) * up": "silu"}[label]
+        compiled = torch.compile(eager)
         row(f"{label}: seqcls Triton kernel", cuda_ms(ours), nbytes)
-        row(f"{label}: eager PyTorch", cuda_ms(eager), nbytes)
-        row(f"{label}: torch.compile", cuda_ms(lambda: compiled[key](x if key == "rms" else qkv if key == "qk" else gu)), nbytes)
+        row(f"{label}: eager PyTorch", cuda_ms(lambda: eager(given)), nbytes)
+        row(f"{label}: torch.compile", cuda_ms(lambda: compiled(given)), nbytes)
     # launch settings of the two kernels whose shape leaves a choice (the first of each is the default)
     for rows_, warps in ((32, 4), (16, 4), (8, 4), (16, 8), (32, 8), (64, 8)):
         row(f"q/k RMSNorm + rotary: rows={rows_} warps={warps}",
