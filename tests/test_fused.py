@@ -1,8 +1,9 @@
-"""The fused Triton decoder's arithmetic, checked on CPU through Triton's interpreter.
+"""The fused decoder's arithmetic against transformers' own decoder layers, on CPU.
 
-The kernels run on GPUs (``pytest -m gpu tests/test_runtime.py`` compares whole scores there); here
-``TRITON_INTERPRET=1`` executes the same kernel code with numpy in float32, against transformers'
-own decoder layers, so CI without a GPU still catches a wrong mask, norm, rotary or activation.
+The Triton kernels run on GPUs (``pytest -m gpu tests/test_runtime.py`` compares whole scores there);
+here ``TRITON_INTERPRET=1`` executes the same kernel code with numpy in float32, so CI without a GPU
+still catches a wrong mask, norm, rotary or activation. The PyTorch kernels (the CPU's) run the same
+script natively, whole and in row blocks.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
-
 HERE = Path(__file__).resolve().parent
 
 SCRIPT = r"""
@@ -27,7 +26,7 @@ sys.path.insert(0, sys.argv[1])
 from factory import tiny_config
 from seqcls.runtime import fused
 
-arch, seed = sys.argv[2], int(sys.argv[3])
+arch, seed, kernels = sys.argv[2], int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(seed)
 config = tiny_config(arch, tied=False)
 config.hidden_size, config.intermediate_size, config.head_dim = 128, 320, 64  # 320: a partial column tile
@@ -39,8 +38,7 @@ with torch.no_grad():
         p.normal_(1.0, 0.3) if "norm" in name else p.normal_(0, 0.2)
 reason = fused.supported(model, torch.device("cuda"), torch.bfloat16)  # shape rules (the device is not touched)
 assert reason is None or reason == "Triton is not installed", reason
-fused.supported = lambda *a: None  # the CPU run itself
-decoder = fused.FusedDecoder(model)
+decoder = fused.FusedDecoder(model, kernels=kernels, block_rows=16 if kernels == "torch" else None)  # 16: blocks cut sequences
 lengths = [13, 24]
 ids = torch.randint(4, config.vocab_size, (sum(lengths),))
 positions = torch.cat([torch.arange(n) for n in lengths])
@@ -79,10 +77,14 @@ print(json.dumps({"max_diff": max(diffs), "last_diff": max(last_diffs), "rows": 
 """
 
 
+@pytest.mark.parametrize("kernels", ["triton", "torch"])
 @pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
-def test_fused_kernels_match_transformers_layers(arch):
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE), arch, "0"], capture_output=True, text=True, env=env, timeout=600)
+def test_fused_kernels_match_transformers_layers(arch, kernels):
+    if kernels == "triton":
+        pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1" if kernels == "triton" else "0",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE), arch, "0", kernels], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["scale"] > 1.0  # the residual stream is not trivially small
@@ -92,6 +94,8 @@ def test_fused_kernels_match_transformers_layers(arch):
 
 def test_fused_decoder_refuses_what_it_cannot_run():
     import torch
+
+    pytest.importorskip("triton")  # the CUDA rules come after "Triton is not installed"
 
     sys.path.insert(0, str(HERE))
     import transformers
@@ -103,8 +107,10 @@ def test_fused_decoder_refuses_what_it_cannot_run():
     gemma = transformers.GemmaForSequenceClassification(config)
     assert "gemma" in (fused.supported(gemma, torch.device("cuda"), torch.bfloat16) or "")
     llama = transformers.LlamaForSequenceClassification(tiny_config("llama", tied=False))
-    assert fused.supported(llama, torch.device("cpu"), torch.float32) is not None  # CPU: never
+    assert fused.supported(llama, torch.device("cpu"), torch.float32) is None  # CPU: PyTorch's kernels, any head size
     assert "head dimension 16" in fused.supported(llama, torch.device("cuda"), torch.bfloat16)
+    assert "bf16 or fp16" in fused.supported(llama, torch.device("cuda"), torch.float32)
+    assert "not on mps" in fused.supported(llama, torch.device("mps"), torch.float32)
     config = tiny_config("qwen3", tied=False)
     config.head_dim = 64
     good = transformers.Qwen3ForSequenceClassification(config)

@@ -211,19 +211,27 @@ def test_folder_that_is_not_a_converted_model(runtime_models, tmp_path):
         seqcls.Scorer(runtime_models["qwen3"], device="tpu")
     with pytest.raises(UsageError, match="Unknown dtype"):
         seqcls.Scorer(runtime_models["qwen3"], device="cpu", dtype="int3")
-    with pytest.raises(UsageError, match="fused decoder cannot run .*CUDA GPU; use fused='auto' or False"):
-        seqcls.Scorer(runtime_models["qwen3"], device="cpu", fused=True)
-    assert seqcls.Scorer(runtime_models["qwen3"], device="cpu").engine.replicas[0].fused is None  # auto: CPU never
+    with pytest.raises(UsageError, match="fused decoder cannot run .*model type 'gemma' is not one of .*; use fused='auto' or False"):
+        seqcls.Scorer(runtime_models["gemma"], device="cpu", fused=True)
+    assert seqcls.Scorer(runtime_models["gemma"], device="cpu").engine.replicas[0].fused is None  # auto: transformers' layers
 
 
 # ---------------------------------------------------------------- parity with transformers
 
 
-@pytest.mark.parametrize("arch", sorted(ARCH_RECIPES))
+FUSED_ARCHS = {"qwen3", "qwen2", "llama", "mistral"}  # the Llama family: seqcls's own decoder by default
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_RECIPES) + ["llama-unfused", "qwen3-unfused"])
 def test_scores_equal_transformers_reference(runtime_models, arch):
-    folder = runtime_models[arch]
-    scorer = seqcls.Scorer(folder, device="cpu")
+    folder = runtime_models[arch.removesuffix("-unfused")]
+    unfused = arch.endswith("-unfused")
+    scorer = seqcls.Scorer(folder, device="cpu", fused=False if unfused else "auto")
     assert scorer.engine.backend == "packed"
+    fused = scorer.engine.replicas[0].fused
+    assert (fused is not None) == (arch in FUSED_ARCHS)  # the fused decoder, or transformers' layers
+    if fused is not None:
+        fused.block_rows = 4  # several row blocks even for these short prompts
     reference = reference_logits(folder, [QUERY] * len(DOCS), DOCS)
     one_to_many = scorer.score(QUERY, DOCS, raw=True)  # one query: shared-prefix path
     assert torch.allclose(torch.tensor(one_to_many.logits), reference, atol=ATOL, rtol=0), arch

@@ -152,8 +152,8 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, 
     """One sequence: q [H, L, D], k/v [KVH, P+L, D] -> [L, H, Dv]."""
     q_len, kv_len = q.shape[1], k.shape[1]
     if softcap is None:
-        # contiguous 4-D inputs and native GQA take the fused (flash) SDPA kernel on CPU, not the math one
-        q4, k4, v4 = q.contiguous()[None], k.contiguous()[None], v.contiguous()[None]
+        # 4-D inputs (strided views are fine) and native GQA take the fused (flash) SDPA kernel on CPU
+        q4, k4, v4 = q[None], k[None], v[None]
         gqa = q.shape[0] != k.shape[0]
         if prefix == 0 and (window is None or window >= kv_len):
             out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=gqa)
@@ -194,9 +194,10 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
 
 def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-                  sliding_window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+                  sliding_window: int | None = None, softcap: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Packed attention: q [T, H, D], k/v [T, KVH, D] -> [T, H, Dv], each sequence attending to its
-    prefix's keys and values (if any) and, causally, its own."""
+    prefix's keys and values (if any) and, causally, its own. ``out``: a buffer to write into on the
+    per-sequence path (reused from layer to layer, a fresh one costs page faults on CPU)."""
     if ctx.use_flash and softcap is None:
         if ctx.kv_index is not None:
             k = k.index_select(0, ctx.kv_index)
@@ -205,7 +206,8 @@ def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.T
     # one sequence at a time, in this thread, each op on torch's threads: measured faster on CPU than
     # sharing the sequences out over Python threads (their ops slow the GEMMs, and a busy machine
     # stalls them badly)
-    out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+    if out is None:
+        out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     _attend_each(ctx.spans(), q, k, v, out, scaling, sliding_window, softcap)
     return out
 
@@ -214,8 +216,21 @@ def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: to
                        scored_from: int, sliding_window: int | None = None) -> torch.Tensor:
     """The last token of each sequence from ``scored_from`` on (the stream's earlier sequences are
     shared prefixes) attending to its prefix's keys and values and all of its own: q [N, H, D], k/v
-    [T, KVH, D] of the whole stream -> [N, H, Dv]. Flash varlen, one query per sequence."""
+    [T, KVH, D] of the whole stream -> [N, H, Dv]. Flash varlen with one query per sequence, or SDPA
+    per sequence without flash (the last token sees every key, so no mask)."""
     spans = ctx.spans(scored_from)
+    if not ctx.use_flash:
+        out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+        for row, (start, n, p_start, shared) in enumerate(spans):
+            ki, vi = k[start:start + n], v[start:start + n]
+            if shared:
+                ki, vi = torch.cat([k[p_start:p_start + shared], ki]), torch.cat([v[p_start:p_start + shared], vi])
+            if sliding_window is not None and ki.shape[0] > sliding_window:
+                ki, vi = ki[-sliding_window:], vi[-sliding_window:]
+            out[row] = F.scaled_dot_product_attention(q[row, :, None][None], ki.transpose(0, 1).contiguous()[None],
+                                                      vi.transpose(0, 1).contiguous()[None], scale=scaling,
+                                                      enable_gqa=q.shape[1] != k.shape[1])[0, :, 0]
+        return out
     kv_lens = [n + b for _, n, _, b in spans]
     index = to_device(_kv_rows(spans), q.device)
     return _flash(q, k.index_select(0, index), v.index_select(0, index), to_device(_boundaries([1] * len(spans)), q.device),
@@ -226,8 +241,10 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor
            scaling: float, sliding_window: int | None) -> torch.Tensor:
     """Causal (bottom-right aligned) flash-attention varlen over the given sequence boundaries."""
     window = -1 if sliding_window is None else int(sliding_window) - 1
+    # the kernel takes row and head strides: strided views of a fused q/k/v buffer need no copy
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return torch.ops.aten._flash_attention_forward(
-        q.contiguous(), k.contiguous(), v.contiguous(), cu_q, cu_k, max_q, max_k,
+        q, k, v, cu_q, cu_k, max_q, max_k,
         0.0, True, False, scale=float(scaling), window_size_left=window, window_size_right=-1 if window < 0 else 0,
     )[0]
 

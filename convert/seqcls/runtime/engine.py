@@ -1,9 +1,9 @@
 """The scoring engine: token-budget scheduling, packed or padded forward passes, shared prefixes.
 
-Loads the model with transformers (AutoModelForSequenceClassification). Llama-family models in
-bf16/fp16 on CUDA run through ``fused.FusedDecoder`` (cuBLAS products and three Triton kernels a layer,
-the last layer only at the rows the head reads); everything else runs transformers' own decoder layers
-(compiled on CUDA). Either way, in two layouts:
+Loads the model with transformers (AutoModelForSequenceClassification). Llama-family models run
+through ``fused.FusedDecoder`` (bf16/fp16 on CUDA: cuBLAS products and three Triton kernels a layer; on
+CPU: the same layer with PyTorch's ops, in row blocks; the last layer only at the rows the head reads);
+everything else runs transformers' own decoder layers (compiled on CUDA). Either way, in two layouts:
 
 * ``packed`` (wherever the architecture uses transformers' attention interface): the sequences of a
   pack are concatenated into one stream with per-sequence position ids and attend only to themselves
@@ -302,7 +302,8 @@ class DeviceEngine:
         backend: ``packed`` or ``padded`` (``auto``: packed where the architecture allows it).
         compile: compile each decoder layer with ``torch.compile`` (``auto``: on CUDA when Triton is present).
         fused: run Llama-family models through ``fused.FusedDecoder`` (``auto``: wherever it applies, i.e.
-            bf16/fp16 on CUDA with Triton; False: transformers' decoder layers).
+            on CPU and in bf16/fp16 on CUDA with Triton; False: transformers' decoder layers, compiled
+            where ``compile`` says).
     """
 
     def __init__(self, path: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", compile: bool | str = "auto",
@@ -352,14 +353,12 @@ class DeviceEngine:
         self.compiled = False
         self.fused = None
         if self.backend == "packed" and fused is not False:
-            reason = "it needs bf16 or fp16 on a CUDA GPU"
-            if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):  # only then import Triton
-                from . import fused as fused_module
+            from . import fused as fused_module
 
-                reason = fused_module.supported(model, device, dtype) or ("soft-capped attention" if self.softcap is not None else None)
-                if reason is None:
-                    self.fused = fused_module.FusedDecoder(model)
-            if reason is not None and fused is True:
+            reason = fused_module.supported(model, device, dtype) or ("soft-capped attention" if self.softcap is not None else None)
+            if reason is None:
+                self.fused = fused_module.FusedDecoder(model)
+            elif fused is True:
                 raise UsageError(f"The fused decoder cannot run {type(model).__name__}: {reason}; use fused='auto' or False.")
         if compile == "auto":
             compile = device.type == "cuda" and _has_triton()
@@ -411,16 +410,16 @@ class DeviceEngine:
         last = to_device(np.cumsum(lengths)[len(prefixes):] - 1, self.device)
         if self.fused is not None:
             scaling, window, scored_from = self.fused.scaling, self.window, len(prefixes)
+            buffer = None if self.use_flash else torch.empty(ids.shape[0], self.fused.heads, self.fused.head_dim,
+                                                             device=self.device, dtype=self.dtype)
 
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return attend_packed(ctx, q, k, v, scaling, window).flatten(1)
+                return attend_packed(ctx, q, k, v, scaling, window, out=buffer).flatten(1)
 
             def attend_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 return attend_packed_last(ctx, q, k, v, scaling, scored_from, window).flatten(1)
 
-            if self.use_flash:  # the last layer only at the rows the head reads
-                return self._head(self.fused.forward(ids, pos, attend, last, attend_last))
-            return self._head(self.fused.forward(ids, pos, attend).index_select(0, last))
+            return self._head(self.fused.forward(ids, pos, attend, last, attend_last))  # last layer at the head's rows only
         with active(ctx):
             hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
         return self._head(hidden.index_select(0, last))

@@ -1,4 +1,4 @@
-"""A scoring forward for the Llama family on CUDA: cuBLAS matrix products, three Triton kernels.
+"""A scoring forward for the Llama family: fused matrix products, three elementwise kernels a layer.
 
 transformers' decoder layer runs about fifteen kernels per layer in eager mode; compiled, Inductor
 fuses its elementwise work but each layer costs a graph-guard check per call and the model tens of
@@ -17,8 +17,13 @@ no compilation:
 
 Norms, rotary and the activation compute in float32 and round once, where transformers rounds some
 intermediates to bf16, so scores differ from transformers' bf16 run by bf16 noise (the tests compare
-both against float32). Used for bf16/fp16 on CUDA when Triton is present; everything else runs
-transformers' own layers.
+both against float32). Used for bf16/fp16 on CUDA when Triton is present.
+
+On the CPU the same layer runs with PyTorch's own ops in place of the Triton kernels (``kernels=
+"torch"``): one product for q/k/v, ``addmm`` residuals, fused ``rms_norm``, the rotary written in place,
+and the last layer only at the rows the head reads. In float32 it equals transformers' layers to
+rounding (the tests hold scores within 1e-5). Architectures outside the Llama family, and
+``fused=False``, run transformers' own layers.
 """
 
 from __future__ import annotations
@@ -40,11 +45,18 @@ except ImportError:  # pragma: no cover - CPU-only installs
 
 
 def supported(model: Any, device: torch.device, dtype: torch.dtype) -> str | None:
-    """None when ``FusedDecoder`` can run ``model`` on ``device`` in ``dtype``, else the reason it cannot."""
-    if triton is None:
-        return "Triton is not installed"
-    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
-        return "it needs bf16 or fp16 on a CUDA GPU"
+    """None when ``FusedDecoder`` can run ``model`` on ``device`` in ``dtype``, else the reason it cannot.
+
+    CUDA needs Triton, bf16/fp16 and a head dimension of 64, 128 or 256 (the Triton kernels'); the CPU
+    runs any dtype with PyTorch's ops.
+    """
+    if device.type == "cuda":
+        if triton is None:
+            return "Triton is not installed"
+        if dtype not in (torch.bfloat16, torch.float16):
+            return "on a CUDA GPU it needs bf16 or fp16"
+    elif device.type != "cpu":
+        return f"it runs on CUDA GPUs and the CPU, not on {device.type}"
     config = model.config
     if getattr(config, "model_type", None) not in FAMILIES:
         return f"model type {getattr(config, 'model_type', None)!r} is not one of {', '.join(FAMILIES)}"
@@ -60,8 +72,10 @@ def supported(model: Any, device: torch.device, dtype: torch.dtype) -> str | Non
         return "its rotary embedding covers only part of each head"
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    if head_dim not in (64, 128, 256):
+    if device.type == "cuda" and head_dim not in (64, 128, 256):
         return f"head dimension {head_dim} is not 64, 128 or 256"
+    if head_dim % 2:
+        return f"head dimension {head_dim} is odd"
     first = backbone.layers[0]
     attn, mlp = getattr(first, "self_attn", None), getattr(first, "mlp", None)
     needed = [(attn, "q_proj"), (attn, "k_proj"), (attn, "v_proj"), (attn, "o_proj"), (mlp, "gate_proj"), (mlp, "up_proj"),
@@ -165,17 +179,58 @@ def silu_mul(gu: torch.Tensor, rows: int = 4, block: int = 1024, warps: int = 4)
     return out
 
 
+def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``rms_norm`` with PyTorch's fused op (the CPU's)."""
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def torch_qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+                        kv_heads: int, head_dim: int, eps: float) -> torch.Tensor:
+    """``qk_norm_rope_`` with PyTorch's ops, all in place on the q/k heads (out-of-place broadcasting
+    products measured ten times slower on CPU): the same arithmetic as transformers' q/k norm and
+    ``apply_rotary_pos_emb``."""
+    half = head_dim // 2
+    qk = qkv[:, :(heads + kv_heads) * head_dim].view(qkv.shape[0], heads + kv_heads, head_dim)
+    if qk_norm is not None:
+        weight = torch.cat([w for w, n in ((qk_norm[:head_dim], heads), (qk_norm[head_dim:], kv_heads)) for _ in range(n)])
+        qk.mul_(qk.float().pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_().to(qk.dtype)).mul_(weight.view(-1, head_dim))
+    x1, x2 = qk[..., :half], qk[..., half:]
+    first = x1.clone()
+    x1.mul_(cos[:, None, :half]).addcmul_(x2, sin[:, None, :half], value=-1)
+    x2.mul_(cos[:, None, half:]).addcmul_(first, sin[:, None, half:])
+    return qkv
+
+
+def torch_silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """``silu_mul`` with PyTorch's ops."""
+    n = gu.shape[1] // 2
+    return F.silu(gu[:, :n]).mul_(gu[:, n:])
+
+
+CPU_BLOCK_ROWS = 512
+KERNELS = {"triton": (rms_norm, qk_norm_rope_, silu_mul), "torch": (torch_rms_norm, torch_qk_norm_rope_, torch_silu_mul)}
+
+
 class FusedDecoder:
     """The decoder stack of a Llama-family ``*ForSequenceClassification`` model as nine kernels a layer.
 
     Concatenates the q/k/v and the gate/up weights once and re-points the model's projections at
-    slices of the result, so no weight is held twice and the model keeps working.
+    slices of the result, so no weight is held twice and the model keeps working. ``kernels``:
+    ``triton`` (the default on CUDA) or ``torch`` (the default elsewhere).
     """
 
-    def __init__(self, model: Any):
-        reason = supported(model, next(model.parameters()).device, next(model.parameters()).dtype)
+    def __init__(self, model: Any, kernels: str | None = None, block_rows: int | None = None):
+        device = next(model.parameters()).device
+        reason = supported(model, device, next(model.parameters()).dtype)
         if reason:
             raise ValueError(f"the fused decoder cannot run this model: {reason}")
+        self.kernels = kernels or ("triton" if device.type == "cuda" else "torch")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {kernels!r}; use triton or torch")
+        self.rms_norm, self.qk_norm_rope_, self.silu_mul = KERNELS[self.kernels]
+        # with PyTorch's kernels (the CPU), everything but attention runs in blocks of rows, so that the
+        # intermediates stay in cache and are never large fresh allocations
+        self.block_rows = block_rows or (CPU_BLOCK_ROWS if self.kernels == "torch" else None)
         config = model.config
         backbone = model.model
         self.embed = backbone.embed_tokens
@@ -222,9 +277,12 @@ class FusedDecoder:
         pruned = last is not None and attend_last is not None
         layers = self.layers[:-1] if pruned else self.layers
         t = x.shape[0]
+        if self.block_rows:
+            x = self._blocked(x, cos, sin, attend, layers)
+            layers = []
         for p in layers:
-            qkv = F.linear(rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
-            qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
+            qkv = F.linear(self.rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
+            self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
             q = qkv[:, :nq].view(t, self.heads, self.head_dim)
             k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
             v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
@@ -232,23 +290,56 @@ class FusedDecoder:
         if not pruned:
             return x
         p = self.layers[-1]
-        h = rms_norm(x, p["in_norm"], p["in_eps"])
+        h = self.rms_norm(x, p["in_norm"], p["in_eps"])
         kv = F.linear(h, p["wqkv"][nq:], p["bqkv"][nq:] if p["bqkv"] is not None else None)
         q = F.linear(h.index_select(0, last), p["wqkv"][:nq], p["bqkv"][:nq] if p["bqkv"] is not None else None)
-        qk_norm_rope_(kv, p["qk_norm"], cos, sin, 0, self.kv_heads, self.head_dim, p["qk_eps"])
-        qk_norm_rope_(q, p["qk_norm"], cos.index_select(0, last), sin.index_select(0, last), self.heads, 0, self.head_dim, p["qk_eps"])
+        self.qk_norm_rope_(kv, p["qk_norm"], cos, sin, 0, self.kv_heads, self.head_dim, p["qk_eps"])
+        self.qk_norm_rope_(q, p["qk_norm"], cos.index_select(0, last), sin.index_select(0, last), self.heads, 0, self.head_dim, p["qk_eps"])
         k = kv[:, :nk].view(t, self.kv_heads, self.head_dim)
         v = kv[:, nk:].view(t, self.kv_heads, self.head_dim)
         o = attend_last(q.view(-1, self.heads, self.head_dim), k, v)
         return self._mlp(p, torch.addmm(x.index_select(0, last), o, p["wo_t"]))
 
-    @staticmethod
-    def _mlp(p: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
+    def _blocked(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, layers: list[dict[str, Any]]) -> torch.Tensor:
+        """``layers`` with everything but attention in blocks of ``block_rows`` rows, updating ``x`` in
+        place: the q/k/v product into one buffer, the o and down products as in-place ``addmm_`` on
+        the residual stream, gate and up as two products (a concatenated one is slower on CPUs)."""
+        t = x.shape[0]
+        nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        qkv = x.new_empty(t, nq + 2 * nk)
+        q = qkv[:, :nq].view(t, self.heads, self.head_dim)
+        k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
+        v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
+        blocks = [slice(a, min(a + self.block_rows, t)) for a in range(0, t, self.block_rows)]
+        for p in layers:
+            inter = p["wgu"].shape[0] // 2
+            for rows in blocks:
+                h = self.rms_norm(x[rows], p["in_norm"], p["in_eps"])
+                if p["bqkv"] is None:
+                    torch.mm(h, p["wqkv"].t(), out=qkv[rows])
+                else:
+                    torch.addmm(p["bqkv"], h, p["wqkv"].t(), out=qkv[rows])
+                self.qk_norm_rope_(qkv[rows], p["qk_norm"], cos[rows], sin[rows], self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
+            o = attend(q, k, v)
+            for rows in blocks:
+                xs = x[rows]
+                xs.addmm_(o[rows], p["wo_t"])
+                if p["bo"] is not None:
+                    xs += p["bo"]
+                h = self.rms_norm(xs, p["post_norm"], p["post_eps"])
+                bg, bu = (None, None) if p["bgu"] is None else (p["bgu"][:inter], p["bgu"][inter:])
+                gate = F.silu(F.linear(h, p["wgu"][:inter], bg), inplace=True)
+                xs.addmm_(gate.mul_(F.linear(h, p["wgu"][inter:], bu)), p["wd_t"])
+                if p["bd"] is not None:
+                    xs += p["bd"]
+        return x
+
+    def _mlp(self, p: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         """The rest of a layer after ``x = x + o @ Wo^T``: the o bias, then the MLP with its residual."""
         if p["bo"] is not None:
             x += p["bo"]
-        gu = F.linear(rms_norm(x, p["post_norm"], p["post_eps"]), p["wgu"], p["bgu"])
-        x = torch.addmm(x, silu_mul(gu), p["wd_t"])
+        gu = F.linear(self.rms_norm(x, p["post_norm"], p["post_eps"]), p["wgu"], p["bgu"])
+        x = torch.addmm(x, self.silu_mul(gu), p["wd_t"])
         if p["bd"] is not None:
             x += p["bd"]
         return x
