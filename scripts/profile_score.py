@@ -125,6 +125,30 @@ def attention_probe(seed: int = 0, pack_tokens: int = 65536) -> list[dict]:
     return rows
 
 
+def gap_report(prof, top: int) -> str:
+    """Where the GPU sat idle during the profiled call: before its first kernel, between kernels (the
+    ``top`` longest gaps, named by the kernels around them) and after its last one."""
+    events = prof.events()
+    call = next(e for e in events if e.name == "score_tokens")
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                     if e.device_type.name == "CUDA" and call.time_range.start <= e.time_range.start <= call.time_range.end)
+    if not kernels:
+        return "no kernels recorded"
+    gaps, end, before = [], kernels[0][1], kernels[0][2]
+    for start, stop, name in kernels[1:]:
+        if start > end:
+            gaps.append((start - end, before, name))
+        if stop > end:
+            end, before = stop, name
+    lead, tail = kernels[0][0] - call.time_range.start, call.time_range.end - end
+    total = call.time_range.end - call.time_range.start
+    lines = [f"GPU idle in the call ({total / 1e3:.1f} ms): {lead / 1e3:.2f} ms before the first kernel, "
+             f"{sum(g for g, _, _ in gaps) / 1e3:.2f} ms in {len(gaps)} gaps between kernels, {tail / 1e3:.2f} ms after the last"]
+    for gap, a, b in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"  {gap:8.0f} us  after {a[:60]}  before {b[:60]}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
@@ -142,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerank", action="store_true", help="profile the rerank shape instead of the §2 workload")
     parser.add_argument("--no-prefix", action="store_true", help="score without shared-prefix reuse")
     parser.add_argument("--no-fused", action="store_true", help="transformers' compiled layers instead of the fused decoder")
+    parser.add_argument("--gaps", type=int, default=0, metavar="N", help="also list the N longest GPU idle gaps of the profiled call")
     args = parser.parse_args(argv)
     if args.attention:
         print(bench_score.table(attention_probe(), [("kernel", "attention kernel, one 64k-token pack", ""), ("ms", "ms", ".2f"),
@@ -168,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             scorer.engine.plan(seqs, __import__("seqcls.runtime.engine", fromlist=["x"]).find_prefix_groups(seqs))
         print(f"host planning (prefix groups + packs): {(time.perf_counter() - started) / 10 * 1e3:.2f} ms per call")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        scorer.score_tokens(seqs)
-        torch.cuda.synchronize()
+        with torch.profiler.record_function("score_tokens"):
+            scorer.score_tokens(seqs)
+            torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0) > 0]
     kernels = sorted(((e.key, e.self_device_time_total / 1e6, e.count) for e in events if e.self_device_time_total > 0),
                      key=lambda t: -t[1])
@@ -185,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GEMM floor alone: {floor * 1e3:.1f} ms unfused, {floor_fused * 1e3:.1f} ms with fused QKV and gate/up")
     print(bench_score.table([{"kernel": n[:110], "ms": t * 1e3, "share": t / busy, "calls": c} for n, t, c in kernels[: args.top]],
                             [("kernel", "kernel", ""), ("ms", "ms", ".1f"), ("share", "share", ".1%"), ("calls", "calls", "d")]))
+    if args.gaps:
+        print(gap_report(prof, args.gaps))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"seconds": seconds, "tokens": tokens, "busy": busy, "by_kind": by_kind,
                                                    "gemm_floor": floor, "gemm_floor_fused": floor_fused,

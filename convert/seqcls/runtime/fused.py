@@ -9,11 +9,12 @@ no compilation:
 2. ``h @ Wqkv^T`` (cuBLAS, biases in its epilogue);
 3. q/k RMSNorm and the rotary embedding, in place on the q/k heads (Triton, one pass);
 4. attention (the engine's: dense cuDNN/flash SDPA on padded batches, varlen flash on packed streams);
-5. ``x + o @ Wo^T`` (cuBLAS ``addmm``: the residual add is the GEMM's epilogue);
+5. ``x += o @ Wo^T`` (cuBLAS ``addmm_`` in place: the residual add is the GEMM's epilogue, and the
+   residual stream is not copied first);
 6. RMSNorm;
 7. ``h @ [Wg; Wu]^T`` (cuBLAS, one product for both);
 8. SiLU(g) * u (Triton);
-9. ``x + a @ Wd^T`` (cuBLAS ``addmm``).
+9. ``x += a @ Wd^T`` (cuBLAS ``addmm_``).
 
 Norms, rotary and the activation compute in float32 and round once, where transformers rounds some
 intermediates to bf16, so scores differ from transformers' bf16 run by bf16 noise (the tests compare
@@ -286,7 +287,7 @@ class FusedDecoder:
             q = qkv[:, :nq].view(t, self.heads, self.head_dim)
             k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
             v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
-            x = self._mlp(p, torch.addmm(x, attend(q, k, v), p["wo_t"]))
+            x = self._mlp(p, x.addmm_(attend(q, k, v), p["wo_t"]))  # x is this call's own (the embedding's output)
         if not pruned:
             return x
         p = self.layers[-1]
@@ -298,7 +299,7 @@ class FusedDecoder:
         k = kv[:, :nk].view(t, self.kv_heads, self.head_dim)
         v = kv[:, nk:].view(t, self.kv_heads, self.head_dim)
         o = attend_last(q.view(-1, self.heads, self.head_dim), k, v)
-        return self._mlp(p, torch.addmm(x.index_select(0, last), o, p["wo_t"]))
+        return self._mlp(p, x.index_select(0, last).addmm_(o, p["wo_t"]))
 
     def _blocked(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, layers: list[dict[str, Any]]) -> torch.Tensor:
         """``layers`` with everything but attention in blocks of ``block_rows`` rows, updating ``x`` in
@@ -339,7 +340,7 @@ class FusedDecoder:
         if p["bo"] is not None:
             x += p["bo"]
         gu = F.linear(self.rms_norm(x, p["post_norm"], p["post_eps"]), p["wgu"], p["bgu"])
-        x = torch.addmm(x, self.silu_mul(gu), p["wd_t"])
+        x.addmm_(self.silu_mul(gu), p["wd_t"])
         if p["bd"] is not None:
             x += p["bd"]
         return x
