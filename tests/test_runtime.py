@@ -241,6 +241,20 @@ def test_scores_equal_transformers_reference(runtime_models, arch):
     assert torch.allclose(torch.tensor(many.logits), reference_logits(folder, QUERIES, DOCS), atol=ATOL, rtol=0), arch
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2"])
+def test_cpu_bf16_fused_decoder_within_bf16_noise(runtime_models, arch):
+    """bf16 on CPU through the fused decoder: as close to fp32 as transformers' own bf16 layers are."""
+    folder = runtime_models[arch]
+    queries, docs = [QUERY] * len(DOCS) + QUERIES, DOCS + DOCS
+    reference = torch.tensor(seqcls.Scorer(folder, device="cpu").score(queries, docs, raw=True).scores)
+    plain = torch.tensor(seqcls.Scorer(folder, device="cpu", dtype="bfloat16", fused=False).score(queries, docs, raw=True).scores)
+    scorer = seqcls.Scorer(folder, device="cpu", dtype="bfloat16")
+    assert scorer.engine.replicas[0].fused is not None and scorer.dtype == "bfloat16"
+    got = torch.tensor(scorer.score(queries, docs, raw=True).scores)
+    assert (plain - reference).abs().max() > 0  # bf16 really differs from fp32 here
+    assert (got - reference).abs().max() <= 2 * (plain - reference).abs().max() + 0.02, (got, plain, reference)
+
+
 def test_qwen3_moe_scores_equal_reference(tmp_path):
     import transformers
 

@@ -227,9 +227,8 @@ def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: to
                 ki, vi = torch.cat([k[p_start:p_start + shared], ki]), torch.cat([v[p_start:p_start + shared], vi])
             if sliding_window is not None and ki.shape[0] > sliding_window:
                 ki, vi = ki[-sliding_window:], vi[-sliding_window:]
-            out[row] = F.scaled_dot_product_attention(q[row, :, None][None], ki.transpose(0, 1).contiguous()[None],
-                                                      vi.transpose(0, 1).contiguous()[None], scale=scaling,
-                                                      enable_gqa=q.shape[1] != k.shape[1])[0, :, 0]
+            out[row] = F.scaled_dot_product_attention(q[row, :, None][None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None],
+                                                      scale=scaling, enable_gqa=q.shape[1] != k.shape[1])[0, :, 0]
         return out
     kv_lens = [n + b for _, n, _, b in spans]
     index = to_device(_kv_rows(spans), q.device)

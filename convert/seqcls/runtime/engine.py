@@ -300,7 +300,8 @@ class DeviceEngine:
         device: a torch device.
         dtype: the compute dtype.
         backend: ``packed`` or ``padded`` (``auto``: packed where the architecture allows it).
-        compile: compile each decoder layer with ``torch.compile`` (``auto``: on CUDA when Triton is present).
+        compile: compile transformers' decoder layers with ``torch.compile`` where the fused decoder does not
+            run (``auto``: on CUDA when Triton is present).
         fused: run Llama-family models through ``fused.FusedDecoder`` (``auto``: wherever it applies, i.e.
             on CPU and in bf16/fp16 on CUDA with Triton; False: transformers' decoder layers, compiled
             where ``compile`` says).

@@ -21,9 +21,11 @@ intermediates to bf16, so scores differ from transformers' bf16 run by bf16 nois
 both against float32). Used for bf16/fp16 on CUDA when Triton is present.
 
 On the CPU the same layer runs with PyTorch's own ops in place of the Triton kernels (``kernels=
-"torch"``): one product for q/k/v, ``addmm`` residuals, fused ``rms_norm``, the rotary written in place,
-and the last layer only at the rows the head reads. In float32 it equals transformers' layers to
-rounding (the tests hold scores within 1e-5). Architectures outside the Llama family, and
+"torch"``), everything but attention in blocks of 512 rows so that intermediates stay in cache: one
+product for q/k/v written into a buffer reused by every layer, the q/k norm and rotary in place,
+in-place ``addmm_`` residuals, gate and up as two products (two outputs of half the width, each
+small enough for the cache), and the last layer only at the rows the head reads. In float32 it equals transformers' layers
+to rounding (the tests hold scores within 1e-5). Architectures outside the Llama family, and
 ``fused=False``, run transformers' own layers.
 """
 
@@ -187,9 +189,8 @@ def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 def torch_qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, heads: int,
                         kv_heads: int, head_dim: int, eps: float) -> torch.Tensor:
-    """``qk_norm_rope_`` with PyTorch's ops, all in place on the q/k heads (out-of-place broadcasting
-    products measured ten times slower on CPU): the same arithmetic as transformers' q/k norm and
-    ``apply_rotary_pos_emb``."""
+    """``qk_norm_rope_`` with PyTorch's ops, all in place on the q/k heads (no broadcast temporaries):
+    the same arithmetic as transformers' q/k norm and ``apply_rotary_pos_emb``."""
     half = head_dim // 2
     qk = qkv[:, :(heads + kv_heads) * head_dim].view(qkv.shape[0], heads + kv_heads, head_dim)
     if qk_norm is not None:
@@ -280,14 +281,14 @@ class FusedDecoder:
         t = x.shape[0]
         if self.block_rows:
             x = self._blocked(x, cos, sin, attend, layers)
-            layers = []
-        for p in layers:
-            qkv = F.linear(self.rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
-            self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
-            q = qkv[:, :nq].view(t, self.heads, self.head_dim)
-            k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
-            v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
-            x = self._mlp(p, x.addmm_(attend(q, k, v), p["wo_t"]))  # x is this call's own (the embedding's output)
+        else:
+            for p in layers:
+                qkv = F.linear(self.rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
+                self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
+                q = qkv[:, :nq].view(t, self.heads, self.head_dim)
+                k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
+                v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
+                x = self._mlp(p, x.addmm_(attend(q, k, v), p["wo_t"]))  # x is this call's own (the embedding's output)
         if not pruned:
             return x
         p = self.layers[-1]
@@ -304,7 +305,7 @@ class FusedDecoder:
     def _blocked(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, layers: list[dict[str, Any]]) -> torch.Tensor:
         """``layers`` with everything but attention in blocks of ``block_rows`` rows, updating ``x`` in
         place: the q/k/v product into one buffer, the o and down products as in-place ``addmm_`` on
-        the residual stream, gate and up as two products (a concatenated one is slower on CPUs)."""
+        the residual stream, gate and up as two products."""
         t = x.shape[0]
         nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
         qkv = x.new_empty(t, nq + 2 * nk)

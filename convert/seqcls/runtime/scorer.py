@@ -175,9 +175,9 @@ class Scorer:
         compile: ``auto`` (on CUDA), True or False: torch.compile the decoder layers (on CPU it pays
             off for large jobs: about 10 s once, then ~10% faster). Not used where ``fused`` applies.
         fused: ``auto`` (default), True or False: run Llama-family models (Llama, Mistral, Qwen2,
-            Qwen3) in bf16/fp16 on CUDA through seqcls's fused Triton kernels (norms, rotary, q/k-norm,
-            SiLU·mul and residual adds folded into the matrix products); False runs transformers'
-            decoder layers.
+            Qwen3) through seqcls's fused decoder: in bf16/fp16 on CUDA its Triton kernels (norms,
+            rotary, q/k-norm, SiLU·mul; residual adds folded into the matrix products), on CPU the same
+            layer with PyTorch's ops in row blocks; False runs transformers' decoder layers.
 
     Example:
         >>> scorer = seqcls.Scorer("qwen3-reranker-seqcls")
