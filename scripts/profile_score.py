@@ -137,7 +137,7 @@ def profile_cpu(args) -> int:
     from seqcls.runtime import Scorer
 
     torch.set_num_threads(args.threads)
-    pairs = 64 if args.pairs == 2000 else args.pairs
+    pairs = args.pairs or 64
     folder = Path(args.model) if args.model else bench_score.smollm2_folder(Path(args.workdir or tempfile.mkdtemp()), "qwen3")
     queries, docs = bench_score.cpu_workload(256, 0)
     pick = [round(i * (len(queries) - 1) / max(1, pairs - 1)) for i in range(pairs)]  # every query's documents
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from seqcls.runtime import Scorer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--pairs", type=int, help="pairs to score (default: 2000 on the GPU, 64 with --cpu)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--workdir")
     parser.add_argument("--json", dest="json_out")
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(bench_score.table(attention_probe(), [("kernel", "attention kernel, one 64k-token pack", ""), ("ms", "ms", ".2f"),
                                                    ("tflops", "TFLOP/s", ".0f"), ("max_diff_vs_flash", "max diff", ".2e"), ("error", "error", "")]))
 
-    folder, seqs = bench_score.gpu_workload(args.workdir, args.pairs)
+    folder, seqs = bench_score.gpu_workload(args.workdir, args.pairs or 2000)
     tokens = sum(map(len, seqs))
     rng = np.random.default_rng(1)
     if args.rerank:  # PERFORMANCE.md's rerank shape: 1 query, 100 documents of 64-256 tokens behind a 90-token prefix

@@ -246,7 +246,7 @@ def test_cpu_bf16_fused_decoder_within_bf16_noise(runtime_models, arch):
     """bf16 on CPU through the fused decoder: as close to fp32 as transformers' own bf16 layers are."""
     folder = runtime_models[arch]
     queries, docs = [QUERY] * len(DOCS) + QUERIES, DOCS + DOCS
-    reference = torch.tensor(seqcls.Scorer(folder, device="cpu").score(queries, docs, raw=True).scores)
+    reference = torch.tensor(seqcls.Scorer(folder, device="cpu", fused=False).score(queries, docs, raw=True).scores)  # transformers, fp32
     plain = torch.tensor(seqcls.Scorer(folder, device="cpu", dtype="bfloat16", fused=False).score(queries, docs, raw=True).scores)
     scorer = seqcls.Scorer(folder, device="cpu", dtype="bfloat16")
     assert scorer.engine.replicas[0].fused is not None and scorer.dtype == "bfloat16"
@@ -644,7 +644,7 @@ def fused_models(tmp_path_factory) -> dict[str, Path]:
 def test_gpu_fused_decoder_matches_transformers(fused_models, arch):
     folder = fused_models[arch]
     queries, docs = _gpu_pairs()
-    cpu_reference = torch.tensor(seqcls.Scorer(folder, device="cpu").score(queries, docs, raw=True).scores)
+    cpu_reference = torch.tensor(seqcls.Scorer(folder, device="cpu", fused=False).score(queries, docs, raw=True).scores)  # transformers, fp32
     unfused = torch.tensor(seqcls.Scorer(folder, device="cuda:0", fused=False).score(queries, docs, raw=True).scores)
     noise = (unfused - cpu_reference).abs().max()
     for kwargs in (dict(), dict(shared_prefix=False), dict(backend="packed"), dict(batch_tokens=160)):

@@ -221,10 +221,8 @@ def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: to
     spans = ctx.spans(scored_from)
     if not ctx.use_flash:
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-        for row, (start, n, p_start, shared) in enumerate(spans):
-            ki, vi = k[start:start + n], v[start:start + n]
-            if shared:
-                ki, vi = torch.cat([k[p_start:p_start + shared], ki]), torch.cat([v[p_start:p_start + shared], vi])
+        for row, span in enumerate(spans):
+            ki, vi = _keys_values(span, k, v)
             if sliding_window is not None and ki.shape[0] > sliding_window:
                 ki, vi = ki[-sliding_window:], vi[-sliding_window:]
             out[row] = F.scaled_dot_product_attention(q[row, :, None][None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None],
@@ -248,15 +246,22 @@ def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor
     )[0]
 
 
+def _keys_values(span: tuple[int, int, int, int], k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence's keys and values, its prefix's rows (if any) followed by its own: the per-sequence
+    counterpart of ``_kv_rows``."""
+    start, n, p_start, shared = span
+    if not shared:
+        return k[start:start + n], v[start:start + n]
+    return (torch.cat([k[p_start:p_start + shared], k[start:start + n]]),
+            torch.cat([v[p_start:p_start + shared], v[start:start + n]]))
+
+
 def _attend_each(spans: list[tuple[int, int, int, int]], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                  scaling: float, sliding_window: int | None, softcap: float | None) -> None:
     """Sequences given as (start, length, prefix start, prefix length) spans of the stream, one by one."""
     for start, n, p_start, shared in spans:
         qi = q[start:start + n]
-        ki, vi = k[start:start + n], v[start:start + n]
-        if shared:
-            ki = torch.cat([k[p_start:p_start + shared], ki])
-            vi = torch.cat([v[p_start:p_start + shared], vi])
+        ki, vi = _keys_values((start, n, p_start, shared), k, v)
         if shared and softcap is None and q.device.type != "cpu" and (sliding_window is None or sliding_window >= shared + n):
             # with the prefix's own queries in front, plain causal attention needs no mask (the kernel skips
             # the blocks above the diagonal); only the sequence's rows are kept. On CPU the masked call

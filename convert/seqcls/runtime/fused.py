@@ -24,9 +24,9 @@ On the CPU the same layer runs with PyTorch's own ops in place of the Triton ker
 "torch"``), everything but attention in blocks of 512 rows so that intermediates stay in cache: one
 product for q/k/v written into a buffer reused by every layer, the q/k norm and rotary in place,
 in-place ``addmm_`` residuals, gate and up as two products (two outputs of half the width, each
-small enough for the cache), and the last layer only at the rows the head reads. In float32 it equals transformers' layers
-to rounding (the tests hold scores within 1e-5). Architectures outside the Llama family, and
-``fused=False``, run transformers' own layers.
+small enough for the cache), and the last layer only at the rows the head reads. In float32 it
+equals transformers' layers to rounding (the tests hold scores within 1e-5). Architectures outside
+the Llama family, and ``fused=False``, run transformers' own layers.
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ def torch_qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: to
     half = head_dim // 2
     qk = qkv[:, :(heads + kv_heads) * head_dim].view(qkv.shape[0], heads + kv_heads, head_dim)
     if qk_norm is not None:
-        weight = torch.cat([w for w, n in ((qk_norm[:head_dim], heads), (qk_norm[head_dim:], kv_heads)) for _ in range(n)])
-        qk.mul_(qk.float().pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_().to(qk.dtype)).mul_(weight.view(-1, head_dim))
+        weight = torch.cat([qk_norm[:head_dim].expand(heads, head_dim), qk_norm[head_dim:].expand(kv_heads, head_dim)])
+        qk.mul_(qk.float().pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_().to(qk.dtype)).mul_(weight)
     x1, x2 = qk[..., :half], qk[..., half:]
     first = x1.clone()
     x1.mul_(cos[:, None, :half]).addcmul_(x2, sin[:, None, :half], value=-1)
@@ -285,10 +285,7 @@ class FusedDecoder:
             for p in layers:
                 qkv = F.linear(self.rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
                 self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
-                q = qkv[:, :nq].view(t, self.heads, self.head_dim)
-                k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
-                v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
-                x = self._mlp(p, x.addmm_(attend(q, k, v), p["wo_t"]))  # x is this call's own (the embedding's output)
+                x = self._mlp(p, x.addmm_(attend(*self._split(qkv)), p["wo_t"]))  # x is this call's own (the embedding's output)
         if not pruned:
             return x
         p = self.layers[-1]
@@ -302,6 +299,12 @@ class FusedDecoder:
         o = attend_last(q.view(-1, self.heads, self.head_dim), k, v)
         return self._mlp(p, x.index_select(0, last).addmm_(o, p["wo_t"]))
 
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views of a q/k/v product [T, (H + 2 KVH) * D] as q [T, H, D], k and v [T, KVH, D]."""
+        nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return (qkv[:, :nq].view(-1, self.heads, self.head_dim), qkv[:, nq:nq + nk].view(-1, self.kv_heads, self.head_dim),
+                qkv[:, nq + nk:].view(-1, self.kv_heads, self.head_dim))
+
     def _blocked(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, layers: list[dict[str, Any]]) -> torch.Tensor:
         """``layers`` with everything but attention in blocks of ``block_rows`` rows, updating ``x`` in
         place: the q/k/v product into one buffer, the o and down products as in-place ``addmm_`` on
@@ -309,12 +312,11 @@ class FusedDecoder:
         t = x.shape[0]
         nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
         qkv = x.new_empty(t, nq + 2 * nk)
-        q = qkv[:, :nq].view(t, self.heads, self.head_dim)
-        k = qkv[:, nq:nq + nk].view(t, self.kv_heads, self.head_dim)
-        v = qkv[:, nq + nk:].view(t, self.kv_heads, self.head_dim)
+        q, k, v = self._split(qkv)
         blocks = [slice(a, min(a + self.block_rows, t)) for a in range(0, t, self.block_rows)]
         for p in layers:
             inter = p["wgu"].shape[0] // 2
+            bg, bu = (None, None) if p["bgu"] is None else (p["bgu"][:inter], p["bgu"][inter:])
             for rows in blocks:
                 h = self.rms_norm(x[rows], p["in_norm"], p["in_eps"])
                 if p["bqkv"] is None:
@@ -329,7 +331,6 @@ class FusedDecoder:
                 if p["bo"] is not None:
                     xs += p["bo"]
                 h = self.rms_norm(xs, p["post_norm"], p["post_eps"])
-                bg, bu = (None, None) if p["bgu"] is None else (p["bgu"][:inter], p["bgu"][inter:])
                 gate = F.silu(F.linear(h, p["wgu"][:inter], bg), inplace=True)
                 xs.addmm_(gate.mul_(F.linear(h, p["wgu"][inter:], bu)), p["wd_t"])
                 if p["bd"] is not None:
