@@ -18,8 +18,9 @@ CPU (§3):
     python scripts/bench_score.py --cpu --json out.json [--model SMOLLM2_FOLDER]
 
 scores 256 pairs (8 queries x 32 documents of 20-200 words, the recipe's template) with
-sentence-transformers CrossEncoder.predict (batch 32) and seqcls (its fused decoder, the default; on
-transformers' layers with fused=False; and those layers torch.compile'd), fp32 (and bf16 with --bf16),
+sentence-transformers CrossEncoder.predict (batch 32) and seqcls (its fused decoder with one worker
+per thread, the default; one pack at a time on all threads, cpu_workers=1; on transformers' layers
+with fused=False; and those layers torch.compile'd), fp32 (and bf16 with --bf16),
 interleaved, reporting wall and process CPU time (the CPU time is the
 steadier figure on a shared machine) and the largest score difference. The SmolLM2 GGUF is converted
 with the qwen3 recipe (the "qwen3-style template" of §3) unless --cpu-recipe or --model say otherwise.
@@ -431,7 +432,10 @@ def bench_cpu(args) -> dict:
         torch_dtype = getattr(torch, dtype)
         contenders = {
             "ce": ("sentence-transformers CrossEncoder.predict, batch 32", CrossEncoder(str(folder), device="cpu", model_kwargs={"dtype": torch_dtype})),
-            "seqcls": ("seqcls (packed, shared prefix, fused decoder)", Scorer(folder, device="cpu", dtype=dtype, compile=False)),
+            "seqcls": (f"seqcls (packed, shared prefix, fused decoder, {args.threads} workers x 1 thread)",
+                       Scorer(folder, device="cpu", dtype=dtype, compile=False)),
+            "one-worker": (f"seqcls, one pack at a time on {args.threads} threads (cpu_workers=1)",
+                           Scorer(folder, device="cpu", dtype=dtype, compile=False, cpu_workers=1)),
             "unfused": ("seqcls on transformers' layers (fused=False)", Scorer(folder, device="cpu", dtype=dtype, compile=False, fused=False)),
         }
         if not args.no_cpu_compile:

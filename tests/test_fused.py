@@ -73,6 +73,44 @@ with torch.no_grad():
         diffs.append((got[start:start + n] - captured["x"][0]).abs().max().item())
         last_diffs.append((pruned[row] - captured["x"][0, -1]).abs().max().item())
         start += n
+
+# a shared prefix: the stream holds the prefix once, then two sequences continuing it; the decoder
+# gathers each sequence's keys/values (the prefix's rows, then its own) as the varlen kernel reads them
+P, own = 7, [6, 17]
+pre, seq_ids = torch.randint(4, config.vocab_size, (P,)), [torch.randint(4, config.vocab_size, (n,)) for n in own]
+stream = torch.cat([pre, *seq_ids])
+stream_pos = torch.cat([torch.arange(P), *[torch.arange(P, P + n) for n in own]])
+starts = [P, P + own[0]]
+kv_rows = torch.cat([torch.arange(P)] + [torch.cat([torch.arange(P), torch.arange(s, s + n)]) for s, n in zip(starts, own)])
+kv_rows_last = kv_rows[P:]
+
+def attend_gathered(q, k, v):  # q: stream rows; k/v: gathered rows (prefix sequence, then each sequence's prefix + own)
+    out, kv_start = [], 0
+    for q_start, n, shared in [(0, P, 0), (starts[0], own[0], P), (starts[1], own[1], P)]:
+        qs = q[q_start:q_start + n].transpose(0, 1)[None]
+        ks, vs = (t[kv_start:kv_start + shared + n].transpose(0, 1)[None] for t in (k, v))
+        mask = torch.ones(n, shared + n, dtype=torch.bool).tril(shared)
+        out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)[0].transpose(0, 1))
+        kv_start += shared + n
+    return torch.cat(out).flatten(1)
+
+def attend_last_gathered(q, k, v):
+    out, kv_start = [], 0
+    for row, n in enumerate(own):
+        ks, vs = (t[kv_start:kv_start + P + n].transpose(0, 1)[None] for t in (k, v))
+        out.append(F.scaled_dot_product_attention(q[row:row + 1].transpose(0, 1)[None], ks, vs, enable_gqa=True)[0].transpose(0, 1))
+        kv_start += P + n
+    return torch.cat(out).flatten(1)
+
+with torch.no_grad():
+    shared_got = decoder.forward(stream, stream_pos, attend_gathered, kv_rows=kv_rows)
+    shared_last = decoder.forward(stream, stream_pos, attend_gathered, torch.tensor([starts[0] + own[0] - 1, starts[1] + own[1] - 1]),
+                                  attend_last_gathered, kv_rows=kv_rows, kv_rows_last=kv_rows_last)
+    for row, (s, n) in enumerate(zip(starts, own)):
+        model.model(input_ids=torch.cat([pre, seq_ids[row]])[None])
+        diffs.append((shared_got[:P] - captured["x"][0, :P]).abs().max().item())
+        diffs.append((shared_got[s:s + n] - captured["x"][0, P:]).abs().max().item())
+        last_diffs.append((shared_last[row] - captured["x"][0, -1]).abs().max().item())
 print(json.dumps({"max_diff": max(diffs), "last_diff": max(last_diffs), "rows": list(pruned.shape), "scale": got.abs().max().item()}))
 """
 

@@ -354,6 +354,45 @@ def test_prefix_groups_and_packs():
     assert all(p.full(k) == mixed[i] for p in split for k, i in enumerate(p.indices))
 
 
+def test_cpu_workers_run_packs_side_by_side(runtime_models, monkeypatch):
+    import threading
+
+    from seqcls.runtime import engine as engine_module
+
+    folder = runtime_models["qwen3"]
+    reference = reference_logits(folder, QUERIES, DOCS)
+    seen: list[tuple[int, int]] = []  # (worker thread, torch's intra-op threads) of every pack
+    meet = threading.Barrier(2, timeout=20)  # each worker's first pack waits for the other's: they must run at once
+    first = threading.local()
+    launch = engine_module.DeviceEngine.launch
+
+    def recording_launch(self, pack):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        if workers == 2 and not getattr(first, "done", False):
+            first.done = True
+            meet.wait()
+        return launch(self, pack)
+
+    monkeypatch.setattr(engine_module.DeviceEngine, "launch", recording_launch)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for workers in (2, 1):
+            seen.clear()
+            scorer = seqcls.Scorer(folder, device="cpu", batch_tokens=60, cpu_workers=workers)
+            logits = torch.tensor(scorer.score(QUERIES, DOCS, raw=True).logits)
+            assert torch.allclose(logits, reference, atol=ATOL, rtol=0), workers
+            assert len(seen) > 2
+            assert len({thread for thread, _ in seen}) == workers
+            assert {threads for _, threads in seen} == ({1} if workers == 2 else {2})
+            assert torch.get_num_threads() == 2  # restored after the call
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -1, "many", True):
+        with pytest.raises(UsageError, match="cpu_workers"):
+            seqcls.Scorer(folder, device="cpu", cpu_workers=bad)
+
+
 def test_data_parallel_replicas_give_the_same_scores(runtime_models, qwen3_scorer):
     two = seqcls.Scorer(runtime_models["qwen3"], device=["cpu", "cpu"], batch_tokens=60)
     assert len(two.engine.replicas) == 2

@@ -50,7 +50,10 @@ class PackContext:
         prefix_starts, prefix_lens: for each sequence, the stream span of the prefix it continues
             (length 0 for none); its keys/values are that span followed by its own.
         use_flash: run the CUDA varlen kernel.
-        cu_q, cu_k, max_q, max_k, kv_index: the varlen kernel's arguments (built on the device).
+        cu_q, cu_k, max_q, max_k, kv_index: the varlen kernel's arguments (built on the device);
+            ``kv_index`` lists the stream rows of each sequence's keys/values (None: the stream's own).
+        last_cu_k, last_max_k, last_kv_index: the same for the last token of each sequence from
+            ``scored_from`` on (the last layer's attention).
     """
 
     starts: list[int]
@@ -63,6 +66,11 @@ class PackContext:
     max_q: int = 0
     max_k: int = 0
     kv_index: torch.Tensor | None = None
+    scored_from: int = 0
+    last_cu_q: torch.Tensor | None = None
+    last_cu_k: torch.Tensor | None = None
+    last_max_k: int = 0
+    last_kv_index: torch.Tensor | None = None
 
     @property
     def has_prefix(self) -> bool:
@@ -70,24 +78,33 @@ class PackContext:
 
     @classmethod
     def build(cls, lengths: list[int], device: torch.device, *, use_flash: bool,
-              prefixes: list[tuple[int, int]] | None = None) -> "PackContext":
+              prefixes: list[tuple[int, int]] | None = None, scored_from: int = 0) -> "PackContext":
         """Layout for sequences of ``lengths``; ``prefixes[i]`` is the (start, length) in the stream of
-        the prefix sequence ``i`` continues, or (0, 0)."""
+        the prefix sequence ``i`` continues, or (0, 0); sequences from ``scored_from`` on are scored
+        (the earlier ones are prefixes)."""
         lens = np.asarray(lengths, dtype=np.int64)
         starts = np.zeros_like(lens)
         np.cumsum(lens[:-1], out=starts[1:])
         spans = prefixes or [(0, 0)] * len(lengths)
         p_starts = np.asarray([a for a, _ in spans], dtype=np.int64)
         p_lens = np.asarray([b for _, b in spans], dtype=np.int64)
-        ctx = cls(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist(), use_flash)
+        ctx = cls(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist(), use_flash, scored_from=scored_from)
         if use_flash:
             kv_lens = lens + p_lens
             ctx.cu_q = to_device(_boundaries(lens), device)
             ctx.cu_k = to_device(_boundaries(kv_lens), device)
             ctx.max_q = int(lens.max())
             ctx.max_k = int(kv_lens.max())
+            rows = _kv_rows(starts, lens, p_starts, p_lens)
             if p_lens.any():
-                ctx.kv_index = to_device(_kv_rows(ctx.spans()), device)
+                ctx.kv_index = to_device(rows, device)
+            # the last layer: one query per scored sequence, over the same keys/values (the prefix
+            # sequences' own rows come first in ``rows``, so the scored ones' are its tail)
+            ctx.last_cu_q = to_device(np.arange(len(lens) - scored_from + 1, dtype=np.int32), device)
+            ctx.last_cu_k = to_device(_boundaries(kv_lens[scored_from:]), device)
+            ctx.last_max_k = int(kv_lens[scored_from:].max())
+            if scored_from or p_lens.any():
+                ctx.last_kv_index = to_device(rows[int(kv_lens[:scored_from].sum()):], device)
         return ctx
 
     def spans(self, first: int = 0) -> list[tuple[int, int, int, int]]:
@@ -102,10 +119,16 @@ def _boundaries(lengths: Any) -> np.ndarray:
     return out
 
 
-def _kv_rows(spans: list[tuple[int, int, int, int]]) -> np.ndarray:
+def ranges(starts: Any, lengths: Any) -> np.ndarray:
+    """The concatenation of ``arange(s, s + n)`` over ``zip(starts, lengths)``, vectorised (int64)."""
+    starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+
+
+def _kv_rows(starts: Any, lengths: Any, p_starts: Any, p_lens: Any) -> np.ndarray:
     """The stream rows of each sequence's keys/values: its prefix's rows, then its own."""
-    return np.concatenate([np.concatenate([np.arange(a, a + b), np.arange(s, s + n)]) if b else np.arange(s, s + n)
-                           for s, n, a, b in spans]).astype(np.int64)
+    return ranges(np.stack([p_starts, starts], 1).ravel(), np.stack([p_lens, lengths], 1).ravel())
 
 
 def current() -> PackContext | None:
@@ -194,12 +217,14 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
 
 def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-                  sliding_window: int | None = None, softcap: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                  sliding_window: int | None = None, softcap: float | None = None, out: torch.Tensor | None = None,
+                  gathered: bool = False) -> torch.Tensor:
     """Packed attention: q [T, H, D], k/v [T, KVH, D] -> [T, H, Dv], each sequence attending to its
     prefix's keys and values (if any) and, causally, its own. ``out``: a buffer to write into on the
-    per-sequence path (reused from layer to layer, a fresh one costs page faults on CPU)."""
+    per-sequence path (reused from layer to layer, a fresh one costs page faults on CPU). ``gathered``
+    (flash only): k/v are already the rows ``ctx.kv_index`` lists, in its order."""
     if ctx.use_flash and softcap is None:
-        if ctx.kv_index is not None:
+        if ctx.kv_index is not None and not gathered:
             k = k.index_select(0, ctx.kv_index)
             v = v.index_select(0, ctx.kv_index)
         return _flash(q, k, v, ctx.cu_q, ctx.cu_k, ctx.max_q, ctx.max_k, scaling, sliding_window)
@@ -213,12 +238,13 @@ def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.T
 
 
 def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-                       scored_from: int, sliding_window: int | None = None) -> torch.Tensor:
-    """The last token of each sequence from ``scored_from`` on (the stream's earlier sequences are
+                       sliding_window: int | None = None, gathered: bool = False) -> torch.Tensor:
+    """The last token of each sequence from ``ctx.scored_from`` on (the stream's earlier sequences are
     shared prefixes) attending to its prefix's keys and values and all of its own: q [N, H, D], k/v
-    [T, KVH, D] of the whole stream -> [N, H, Dv]. Flash varlen with one query per sequence, or SDPA
-    per sequence without flash (the last token sees every key, so no mask)."""
-    spans = ctx.spans(scored_from)
+    [T, KVH, D] of the whole stream (``gathered``: the rows ``ctx.last_kv_index`` lists) -> [N, H, Dv].
+    Flash varlen with one query per sequence, or SDPA per sequence without flash (the last token sees
+    every key, so no mask)."""
+    spans = ctx.spans(ctx.scored_from)
     if not ctx.use_flash:
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
         for row, span in enumerate(spans):
@@ -228,10 +254,9 @@ def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: to
             out[row] = F.scaled_dot_product_attention(q[row, :, None][None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None],
                                                       scale=scaling, enable_gqa=q.shape[1] != k.shape[1])[0, :, 0]
         return out
-    kv_lens = [n + b for _, n, _, b in spans]
-    index = to_device(_kv_rows(spans), q.device)
-    return _flash(q, k.index_select(0, index), v.index_select(0, index), to_device(_boundaries([1] * len(spans)), q.device),
-                  to_device(_boundaries(kv_lens), q.device), 1, max(kv_lens), scaling, sliding_window)
+    if ctx.last_kv_index is not None and not gathered:
+        k, v = k.index_select(0, ctx.last_kv_index), v.index_select(0, ctx.last_kv_index)
+    return _flash(q, k, v, ctx.last_cu_q, ctx.last_cu_k, 1, ctx.last_max_k, scaling, sliding_window)
 
 
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int,

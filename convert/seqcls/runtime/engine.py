@@ -16,7 +16,10 @@ everything else runs transformers' own decoder layers (compiled on CUDA). Either
   architectures the packed path cannot drive).
 
 Everywhere the final norm and the score head see only each sequence's last hidden state, and the
-head runs in float32. Several devices: one replica each, packs handed out by worker threads.
+head runs in float32. Several devices: one replica each, packs handed out by worker threads. On the
+CPU, several worker threads share the one replica, each running its own packs with one intra-op
+thread: a pass's small ops and per-sequence attention then run side by side instead of making both
+cores wait on each other.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Callable, Iterator, Sequence
@@ -34,13 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .attention import (ATTN_NAME, DENSE_NAME, PackContext, active, attend_packed, attend_packed_last, flash_supported, register,
+from .attention import (ATTN_NAME, DENSE_NAME, PackContext, active, attend_packed, attend_packed_last, flash_supported, ranges, register,
                         to_device)
 
 BACKENDS = ("auto", "packed", "padded")
 DEFAULT_BUDGET = {("cuda", "packed"): 65536, ("cuda", "padded"): 65536, ("cpu", "packed"): 4096, ("cpu", "padded"): 4096}
 MIN_PREFIX = 8
 _LAUNCH_LOCK = threading.RLock()
+_CPU_THREADS_LOCK = threading.Lock()  # CPU worker runs change torch's (process-wide) intra-op thread count
 MAX_PADDING = 0.15  # padded (dense-attention) batches only when padding is at most this share of the batch
 
 
@@ -83,17 +87,21 @@ class PrefixGroup:
 
 
 def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common token prefix of ``seqs``."""
+    """Length of the longest common token prefix of ``seqs`` (lists or tuples of ids)."""
     if not seqs:
         return 0
     first = seqs[0]
     n = min(len(s) for s in seqs)
     for s in seqs[1:]:
         i = 0
-        limit = min(n, len(s))
-        while i < limit and s[i] == first[i]:
-            i += 1
-        n = i
+        while i < n:  # blocks of 32 compared as slices (C speed), then the differing block token by token
+            j = min(i + 32, n)
+            if s[i:j] != first[i:j]:
+                while s[i] == first[i]:
+                    i += 1
+                n = i
+                break
+            i = j
         if n == 0:
             break
     return n
@@ -391,7 +399,7 @@ class DeviceEngine:
         lengths = [len(s) for s in seqs]
         flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=sum(lengths))
         self._check_ids(flat)
-        positions = np.concatenate([np.arange(o, o + n, dtype=np.int64) for o, n in zip(offsets, lengths)])
+        positions = ranges(offsets, lengths)
         return to_device(flat, self.device), to_device(positions, self.device), lengths
 
     def forward_packed(self, seqs: Sequence[Sequence[int]], prefixes: Sequence[Sequence[int]] = (),
@@ -407,20 +415,24 @@ class DeviceEngine:
         seq_spans = [spans[j] if j >= 0 else (0, 0) for j in prefix_of]
         offsets = [0] * len(prefixes) + [n for _, n in seq_spans]
         ids, pos, lengths = self._stream(stream, offsets)
-        ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans)
+        ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans,
+                                scored_from=len(prefixes))
         last = to_device(np.cumsum(lengths)[len(prefixes):] - 1, self.device)
         if self.fused is not None:
-            scaling, window, scored_from = self.fused.scaling, self.window, len(prefixes)
-            buffer = None if self.use_flash else torch.empty(ids.shape[0], self.fused.heads, self.fused.head_dim,
-                                                             device=self.device, dtype=self.dtype)
+            scaling, window, flash = self.fused.scaling, self.window, self.use_flash
+            buffer = None if flash else torch.empty(ids.shape[0], self.fused.heads, self.fused.head_dim, device=self.device,
+                                                    dtype=self.dtype)
 
+            # with flash, the fused decoder gathers keys/values into the kernel's layout as it rotates them
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return attend_packed(ctx, q, k, v, scaling, window, out=buffer).flatten(1)
+                return attend_packed(ctx, q, k, v, scaling, window, out=buffer, gathered=flash).flatten(1)
 
             def attend_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return attend_packed_last(ctx, q, k, v, scaling, scored_from, window).flatten(1)
+                return attend_packed_last(ctx, q, k, v, scaling, window, gathered=flash).flatten(1)
 
-            return self._head(self.fused.forward(ids, pos, attend, last, attend_last))  # last layer at the head's rows only
+            hidden = self.fused.forward(ids, pos, attend, last, attend_last,  # last layer at the head's rows only
+                                        kv_rows=ctx.kv_index if flash else None, kv_rows_last=ctx.last_kv_index if flash else None)
+            return self._head(hidden)
         with active(ctx):
             hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
         return self._head(hidden.index_select(0, last))
@@ -517,7 +529,8 @@ class DeviceEngine:
                 pack = take()
                 if pack is None:
                     break
-                with _LAUNCH_LOCK:  # torch.compile's tracing is process-wide: one thread traces/launches at a time
+                # torch.compile's tracing is process-wide: one thread traces/launches at a time
+                with _LAUNCH_LOCK if self.compiled else nullcontext():
                     logits = self.launch(pack)
                 inflight.append((pack, logits))
                 if len(inflight) >= depth:
@@ -526,6 +539,13 @@ class DeviceEngine:
             while inflight:
                 done, logits = inflight.popleft()
                 deliver(done, logits.cpu().numpy())
+
+
+def _in_threads(count: int, *jobs: Callable[[], None]) -> None:
+    """Run ``count`` threads (``jobs[i]``, or the one job in each) until all return; re-raises the first error."""
+    with ThreadPoolExecutor(count) as pool:
+        for future in [pool.submit(jobs[i] if len(jobs) > 1 else jobs[0]) for i in range(count)]:
+            future.result()
 
 
 def _has_triton() -> bool:
@@ -548,10 +568,17 @@ class Engine:
         dtype: compute dtype.
         backend, compile, fused: see DeviceEngine.
         batch_tokens: token budget of one pack (default: 64k on GPU, 4k on CPU).
+        cpu_workers: on the CPU, worker threads running packs side by side, sharing torch's intra-op
+            threads between them (``auto``: one per intra-op thread, ``torch.get_num_threads()`` at
+            each run; 1: one worker using all of them).
     """
 
     def __init__(self, path: str, devices: list[torch.device], dtype: torch.dtype, backend: str = "auto",
-                 compile: bool | str = "auto", batch_tokens: int | None = None, fused: bool | str = "auto"):
+                 compile: bool | str = "auto", batch_tokens: int | None = None, fused: bool | str = "auto",
+                 cpu_workers: int | str = "auto"):
+        if cpu_workers != "auto" and (isinstance(cpu_workers, bool) or not isinstance(cpu_workers, int) or cpu_workers < 1):
+            raise UsageError(f"cpu_workers must be a positive number of threads or 'auto', not {cpu_workers!r}.")
+        self.cpu_workers = cpu_workers
         self.replicas = [DeviceEngine(path, d, dtype, backend, compile, fused) for d in devices]
         first = self.replicas[0]
         self.backend = first.backend
@@ -590,10 +617,19 @@ class Engine:
                     progress(len(pack.indices))
 
         replicas = self.replicas[: max(1, min(len(self.replicas), len(packs)))]
+        if len(replicas) == 1 and replicas[0].device.type == "cpu" and len(packs) > 1:
+            with _CPU_THREADS_LOCK:
+                threads = torch.get_num_threads()
+                workers = min(len(packs), threads if self.cpu_workers == "auto" else int(self.cpu_workers))
+                if workers > 1:
+                    torch.set_num_threads(max(1, threads // workers))  # read by each new worker thread as it starts
+                    try:
+                        _in_threads(workers, lambda: replicas[0].run_stream(take, deliver))
+                    finally:
+                        torch.set_num_threads(threads)
+                    return out
         if len(replicas) == 1:
             replicas[0].run_stream(take, deliver)
             return out
-        with ThreadPoolExecutor(len(replicas)) as pool:
-            for future in [pool.submit(r.run_stream, take, deliver) for r in replicas]:
-                future.result()
+        _in_threads(len(replicas), *[lambda r=r: r.run_stream(take, deliver) for r in replicas])
         return out

@@ -137,6 +137,39 @@ if triton is not None:
             tl.store(base + HALF, (y2 * cos2 + y1 * sin2).to(qkv_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
+    def _kv_gather_rope_kernel(qkv_ptr, out_ptr, src_ptr, norm_ptr, cos_ptr, sin_ptr, R, stride_qkv, stride_out, stride_cs, eps,
+                               HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, ROWS: tl.constexpr):
+        """Row r of out = [k_norm + rotary of the keys, the values] of qkv's row src[r]: the keys and
+        values each sequence attends to, gathered into the layout the varlen kernel reads (a shared
+        prefix's rows once per sequence that continues it), in the pass that rotates them."""
+        HALF: tl.constexpr = D // 2
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_ok = (rows < R)[:, None]
+        src = tl.load(src_ptr + rows, mask=rows < R, other=0).to(tl.int64)
+        offs = tl.arange(0, HALF)[None, :]
+        cs = src[:, None] * stride_cs + offs
+        cos1 = tl.load(cos_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
+        cos2 = tl.load(cos_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
+        sin1 = tl.load(sin_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
+        sin2 = tl.load(sin_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
+        if QK_NORM:
+            kw1 = tl.load(norm_ptr + D + offs).to(tl.float32)
+            kw2 = tl.load(norm_ptr + D + HALF + offs).to(tl.float32)
+        src_base = qkv_ptr + src[:, None] * stride_qkv + HQ * D + offs
+        out_base = out_ptr + rows[:, None].to(tl.int64) * stride_out + offs
+        for head in tl.static_range(HK):
+            y1 = tl.load(src_base + head * D, mask=row_ok, other=0.0).to(tl.float32)
+            y2 = tl.load(src_base + head * D + HALF, mask=row_ok, other=0.0).to(tl.float32)
+            if QK_NORM:
+                r = tl.rsqrt((tl.sum(y1 * y1, axis=1) + tl.sum(y2 * y2, axis=1)) / D + eps)[:, None]
+                y1, y2 = y1 * r * kw1, y2 * r * kw2
+            tl.store(out_base + head * D, (y1 * cos1 - y2 * sin1).to(out_ptr.dtype.element_ty), mask=row_ok)
+            tl.store(out_base + head * D + HALF, (y2 * cos2 + y1 * sin2).to(out_ptr.dtype.element_ty), mask=row_ok)
+        for head in tl.static_range(HK, 2 * HK):
+            tl.store(out_base + head * D, tl.load(src_base + head * D, mask=row_ok, other=0.0), mask=row_ok)
+            tl.store(out_base + head * D + HALF, tl.load(src_base + head * D + HALF, mask=row_ok, other=0.0), mask=row_ok)
+
+    @triton.jit
     def _silu_mul_kernel(gu_ptr, out_ptr, M, N, stride_gu, stride_out, ROWS: tl.constexpr, BN: tl.constexpr):
         """out = silu(gu[:, :N]) * gu[:, N:] in float32, rounded once."""
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -161,15 +194,30 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, heads: int,
-                  kv_heads: int, head_dim: int, eps: float, rows: int = 32, warps: int = 4) -> torch.Tensor:
+                  kv_heads: int, head_dim: int, eps: float, rows: int | None = None, warps: int = 4) -> torch.Tensor:
     """In place on ``qkv`` [M, (heads + 2 kv_heads) * head_dim] (queries, keys, values): q/k RMSNorm
     (``qk_norm``: q_norm's weight then k_norm's, or None) and the rotary embedding (``cos``/``sin``
     [M, head_dim]) on the query and key heads."""
     M = qkv.shape[0]
+    rows = rows or (8 if kv_heads == 0 else 32)  # the queries alone (keys gathered apart): measured faster in 8-row programs
     _qk_rope_kernel[(triton.cdiv(M, rows),)](
         qkv, qk_norm if qk_norm is not None else cos, cos, sin, M, qkv.stride(0), cos.stride(0), eps, HQ=heads, HK=kv_heads,
         D=head_dim, QK_NORM=qk_norm is not None, ROWS=rows, num_warps=warps)
     return qkv
+
+
+def kv_gather_rope(qkv: torch.Tensor, rows: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                   heads: int, kv_heads: int, head_dim: int, eps: float, out: torch.Tensor | None = None, block: int = 16,
+                   warps: int = 2) -> torch.Tensor:
+    """[len(rows), 2 * kv_heads * head_dim]: the keys (k_norm and rotary applied, as ``qk_norm_rope_``
+    does in place) and values of ``qkv``'s rows ``rows``, where ``qkv`` holds ``heads`` query heads,
+    then the key heads, then the value heads; ``qkv`` is not modified."""
+    R, width = rows.shape[0], 2 * kv_heads * head_dim
+    out = qkv.new_empty(R, width) if out is None else out
+    _kv_gather_rope_kernel[(triton.cdiv(R, block),)](
+        qkv, out, rows, qk_norm if qk_norm is not None else cos, cos, sin, R, qkv.stride(0), out.stride(0), cos.stride(0), eps,
+        HQ=heads, HK=kv_heads, D=head_dim, QK_NORM=qk_norm is not None, ROWS=block, num_warps=warps)
+    return out
 
 
 def silu_mul(gu: torch.Tensor, rows: int = 4, block: int = 1024, warps: int = 4) -> torch.Tensor:
@@ -203,6 +251,14 @@ def torch_qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: to
     return qkv
 
 
+def torch_kv_gather_rope(qkv: torch.Tensor, rows: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                         heads: int, kv_heads: int, head_dim: int, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``kv_gather_rope`` with PyTorch's ops."""
+    nq = heads * head_dim
+    kv = torch.index_select(qkv[:, nq:nq + 2 * kv_heads * head_dim], 0, rows, out=out)
+    return torch_qk_norm_rope_(kv, qk_norm, cos.index_select(0, rows), sin.index_select(0, rows), 0, kv_heads, head_dim, eps)
+
+
 def torch_silu_mul(gu: torch.Tensor) -> torch.Tensor:
     """``silu_mul`` with PyTorch's ops."""
     n = gu.shape[1] // 2
@@ -210,7 +266,8 @@ def torch_silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 
 CPU_BLOCK_ROWS = 512
-KERNELS = {"triton": (rms_norm, qk_norm_rope_, silu_mul), "torch": (torch_rms_norm, torch_qk_norm_rope_, torch_silu_mul)}
+KERNELS = {"triton": (rms_norm, qk_norm_rope_, silu_mul, kv_gather_rope),
+           "torch": (torch_rms_norm, torch_qk_norm_rope_, torch_silu_mul, torch_kv_gather_rope)}
 
 
 class FusedDecoder:
@@ -229,7 +286,7 @@ class FusedDecoder:
         self.kernels = kernels or ("triton" if device.type == "cuda" else "torch")
         if self.kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; use triton or torch")
-        self.rms_norm, self.qk_norm_rope_, self.silu_mul = KERNELS[self.kernels]
+        self.rms_norm, self.qk_norm_rope_, self.silu_mul, self.kv_gather_rope = KERNELS[self.kernels]
         # with PyTorch's kernels (the CPU), everything but attention runs in blocks of rows, so that the
         # intermediates stay in cache and are never large fresh allocations
         self.block_rows = block_rows or (CPU_BLOCK_ROWS if self.kernels == "torch" else None)
@@ -259,7 +316,8 @@ class FusedDecoder:
                 })
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, last: torch.Tensor | None = None,
-                attend_last: Attend | None = None) -> torch.Tensor:
+                attend_last: Attend | None = None, kv_rows: torch.Tensor | None = None,
+                kv_rows_last: torch.Tensor | None = None) -> torch.Tensor:
         """Residual stream after the last layer (before the final norm).
 
         Args:
@@ -271,6 +329,10 @@ class FusedDecoder:
                 attention (q [N, H, D], k/v of the whole stream -> [N, H * D]). Given both, the last
                 layer computes keys and values everywhere but everything else only at those rows, and
                 the result is [N, hidden]; else [T, hidden].
+            kv_rows, kv_rows_last: stream rows whose keys and values ``attend`` (``attend_last``) reads,
+                in the order it reads them: given, keys and values are gathered into that layout in
+                the pass that rotates the keys (a shared prefix's rows once per sequence continuing it)
+                and ``attend`` gets them gathered; else it gets views of the stream's q/k/v buffer.
         """
         x = self.embed(ids)
         cos, sin = self.rotary(x[None], positions[None])
@@ -278,32 +340,44 @@ class FusedDecoder:
         nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
         pruned = last is not None and attend_last is not None
         layers = self.layers[:-1] if pruned else self.layers
-        t = x.shape[0]
-        if self.block_rows:
+        if self.block_rows and kv_rows is None:
             x = self._blocked(x, cos, sin, attend, layers)
         else:
+            gathered = None if kv_rows is None else x.new_empty(kv_rows.shape[0], 2 * nk)  # reused by every layer
             for p in layers:
                 qkv = F.linear(self.rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
-                self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
-                x = self._mlp(p, x.addmm_(attend(*self._split(qkv)), p["wo_t"]))  # x is this call's own (the embedding's output)
+                if kv_rows is None:
+                    self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
+                    q, k, v = self._split(qkv)
+                else:
+                    self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, 0, self.head_dim, p["qk_eps"])
+                    self.kv_gather_rope(qkv, kv_rows, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"],
+                                        out=gathered)
+                    q, k, v = self._split(qkv)[0], *self._split_kv(gathered)
+                x = self._mlp(p, x.addmm_(attend(q, k, v), p["wo_t"]))  # x is this call's own (the embedding's output)
         if not pruned:
             return x
         p = self.layers[-1]
         h = self.rms_norm(x, p["in_norm"], p["in_eps"])
         kv = F.linear(h, p["wqkv"][nq:], p["bqkv"][nq:] if p["bqkv"] is not None else None)
         q = F.linear(h.index_select(0, last), p["wqkv"][:nq], p["bqkv"][:nq] if p["bqkv"] is not None else None)
-        self.qk_norm_rope_(kv, p["qk_norm"], cos, sin, 0, self.kv_heads, self.head_dim, p["qk_eps"])
+        if kv_rows_last is None:
+            self.qk_norm_rope_(kv, p["qk_norm"], cos, sin, 0, self.kv_heads, self.head_dim, p["qk_eps"])
+        else:
+            kv = self.kv_gather_rope(kv, kv_rows_last, p["qk_norm"], cos, sin, 0, self.kv_heads, self.head_dim, p["qk_eps"])
         self.qk_norm_rope_(q, p["qk_norm"], cos.index_select(0, last), sin.index_select(0, last), self.heads, 0, self.head_dim, p["qk_eps"])
-        k = kv[:, :nk].view(t, self.kv_heads, self.head_dim)
-        v = kv[:, nk:].view(t, self.kv_heads, self.head_dim)
-        o = attend_last(q.view(-1, self.heads, self.head_dim), k, v)
+        o = attend_last(q.view(-1, self.heads, self.head_dim), *self._split_kv(kv))
         return self._mlp(p, x.index_select(0, last).addmm_(o, p["wo_t"]))
 
     def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Views of a q/k/v product [T, (H + 2 KVH) * D] as q [T, H, D], k and v [T, KVH, D]."""
-        nq, nk = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return (qkv[:, :nq].view(-1, self.heads, self.head_dim), qkv[:, nq:nq + nk].view(-1, self.kv_heads, self.head_dim),
-                qkv[:, nq + nk:].view(-1, self.kv_heads, self.head_dim))
+        nq = self.heads * self.head_dim
+        return (qkv[:, :nq].view(-1, self.heads, self.head_dim), *self._split_kv(qkv[:, nq:]))
+
+    def _split_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of a key/value product [R, 2 KVH * D] as k and v [R, KVH, D]."""
+        nk = self.kv_heads * self.head_dim
+        return kv[:, :nk].view(-1, self.kv_heads, self.head_dim), kv[:, nk:].view(-1, self.kv_heads, self.head_dim)
 
     def _blocked(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, layers: list[dict[str, Any]]) -> torch.Tensor:
         """``layers`` with everything but attention in blocks of ``block_rows`` rows, updating ``x`` in

@@ -178,6 +178,10 @@ class Scorer:
             Qwen3) through seqcls's fused decoder: in bf16/fp16 on CUDA its Triton kernels (norms,
             rotary, q/k-norm, SiLU·mul; residual adds folded into the matrix products), on CPU the same
             layer with PyTorch's ops in row blocks; False runs transformers' decoder layers.
+        cpu_workers: on the CPU, how many packs run side by side, each on its share of torch's
+            intra-op threads (``auto``: one per thread, i.e. ``torch.get_num_threads()`` workers of one
+            thread each; 1: one pack at a time on all threads). For the length of a call torch's
+            thread count is set to each worker's share, then restored.
 
     Example:
         >>> scorer = seqcls.Scorer("qwen3-reranker-seqcls")
@@ -199,6 +203,7 @@ class Scorer:
         backend: str = "auto",
         compile: bool | str = "auto",
         fused: bool | str = "auto",
+        cpu_workers: int | str = "auto",
     ):
         self.folder: ModelFolder = load_folder(model_or_dir)
         self.tokenizer = load_tokenizer(self.folder.path)
@@ -219,7 +224,8 @@ class Scorer:
             self.prompter = MultimodalPrompter(self.folder.path, self.tokenizer, self.folder.template)
             self.engine: Any = VisionEngine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), batch_tokens)
         else:
-            self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens, fused)
+            self.engine = Engine(str(self.folder.path), devices, resolve_dtype(dtype, devices[0]), backend, compile, batch_tokens, fused,
+                                 cpu_workers)
 
     # -- properties
 
