@@ -393,6 +393,28 @@ def test_cpu_workers_run_packs_side_by_side(runtime_models, monkeypatch):
             seqcls.Scorer(folder, device="cpu", cpu_workers=bad)
 
 
+def test_cpu_workers_get_an_even_share_of_packs(runtime_models):
+    from seqcls.runtime.engine import find_prefix_groups, plan_packs
+
+    scorer = seqcls.Scorer(runtime_models["qwen3"], device="cpu", cpu_workers=2)
+    seqs = scorer.tokenize([QUERIES[i % len(QUERIES)] for i in range(60)], [DOCS[i % len(DOCS)] + " yes no" * (i % 9) for i in range(60)])
+    groups = find_prefix_groups(seqs)
+    evened = 0
+    for budget in range(150, 1200, 23):
+        scorer.engine.batch_tokens = budget
+        plain = plan_packs(seqs, groups, budget, padded=False)
+        packs = scorer.engine.plan(seqs, groups)
+        assert sorted(i for p in packs for i in p.indices) == list(range(len(seqs)))  # every sequence once
+        assert all(p.tokens <= budget for p in packs if len(p.seqs) > 1)
+        if len(plain) % 2 and len(packs) != len(plain):  # one more, smaller pack: no worker idles at the end
+            assert len(packs) == len(plain) + 1, budget
+            assert max(p.tokens for p in packs) < max(p.tokens for p in plain)
+            evened += 1
+        else:  # an even count already, or no smaller budget evens it (a sequence per pack)
+            assert [p.indices for p in packs] == [p.indices for p in plain], budget
+    assert evened >= 5
+
+
 def test_data_parallel_replicas_give_the_same_scores(runtime_models, qwen3_scorer):
     two = seqcls.Scorer(runtime_models["qwen3"], device=["cpu", "cpu"], batch_tokens=60)
     assert len(two.engine.replicas) == 2

@@ -121,7 +121,14 @@ def find_prefix_groups(sequences: Sequence[Sequence[int]], min_prefix: int = MIN
     if n == 0:
         return []
     order = sorted(range(n), key=lambda i: sequences[i])
-    adjacent = [common_prefix_length([sequences[order[j]], sequences[order[j + 1]]]) for j in range(n - 1)]
+    adjacent: list[int] = []
+    for j in range(n - 1):
+        a, b = sequences[order[j]], sequences[order[j + 1]]
+        h = adjacent[-1] if adjacent else 0  # neighbours in a group share as much as the previous pair: check that first
+        if 0 < h < min(len(a), len(b)) and a[h] != b[h] and a[:h] == b[:h]:
+            adjacent.append(h)
+        else:
+            adjacent.append(common_prefix_length([a, b]))
     groups: list[PrefixGroup] = []
 
     def best(lo: int, hi: int, depth: int) -> tuple[int, list[PrefixGroup]]:
@@ -595,9 +602,31 @@ class Engine:
         return self.replicas[0].supports_prefix
 
     def plan(self, sequences: Sequence[Sequence[int]], groups: Sequence[PrefixGroup]) -> list[Pack]:
+        """Packs under the token budget. With several CPU workers, a pack count that would leave a
+        worker idle at the end (say 9 packs for 2 workers) is replanned into equal smaller packs (10)."""
         if not self.supports_prefix:
             groups = [PrefixGroup(g.indices, 0) for g in groups]
-        return plan_packs(sequences, groups, self.batch_tokens, padded=self.backend == "padded", padded_loose=self.replicas[0].dense)
+
+        def plan(budget: int) -> list[Pack]:
+            return plan_packs(sequences, groups, budget, padded=self.backend == "padded", padded_loose=self.replicas[0].dense)
+
+        packs = plan(self.batch_tokens)
+        workers = self.cpu_worker_count(len(packs))
+        if workers > 1 and len(packs) % workers:
+            slots = -(-len(packs) // workers) * workers
+            even = -(-sum(p.tokens for p in packs) // slots)
+            for slack in (1.0, 1.02, 1.05, 1.1):  # packs never fill their budget exactly
+                budget = min(self.batch_tokens, int(even * slack))
+                repacked = plan(budget)
+                if len(repacked) <= slots:
+                    return repacked
+        return packs
+
+    def cpu_worker_count(self, packs: int) -> int:
+        """Worker threads that run ``packs`` packs on the CPU (1: one pack at a time on all of torch's threads)."""
+        if len(self.replicas) > 1 or self.replicas[0].device.type != "cpu" or packs < 2:
+            return 1
+        return min(packs, torch.get_num_threads() if self.cpu_workers == "auto" else int(self.cpu_workers))
 
     def run(self, packs: Sequence[Pack], count: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Logits [count, num_labels] (float32) for the sequences the packs cover; with several replicas
@@ -617,10 +646,10 @@ class Engine:
                     progress(len(pack.indices))
 
         replicas = self.replicas[: max(1, min(len(self.replicas), len(packs)))]
-        if len(replicas) == 1 and replicas[0].device.type == "cpu" and len(packs) > 1:
+        if self.cpu_worker_count(len(packs)) > 1:
             with _CPU_THREADS_LOCK:
                 threads = torch.get_num_threads()
-                workers = min(len(packs), threads if self.cpu_workers == "auto" else int(self.cpu_workers))
+                workers = self.cpu_worker_count(len(packs))
                 if workers > 1:
                     torch.set_num_threads(max(1, threads // workers))  # read by each new worker thread as it starts
                     try:

@@ -350,6 +350,9 @@ class Scorer:
             raise UsageError("token_ids must be a list of token-id lists.")
         seqs = []
         for i, ids in enumerate(token_ids):
+            if type(ids) is list and ids and type(ids[0]) is int and type(ids[-1]) is int:  # the common case, checked fast
+                seqs.append(ids)
+                continue
             if hasattr(ids, "tolist") and not isinstance(ids, list):
                 ids = ids.tolist()  # numpy arrays and tensors
             if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not ids:
