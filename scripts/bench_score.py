@@ -351,6 +351,10 @@ def bench_gpu(args) -> dict:
     suffix = rng.integers(0, 151000, size=12).tolist()
     docs = [prefix + rng.integers(0, 151000, size=int(n)).tolist() + suffix for n in rng.integers(64, 257, size=100)]
     rerank = {}
+    # how far each path's bf16 scores are from fp32 (transformers' layers, the same folder)
+    exact = Scorer(folder, device="cuda:0", dtype="float32", compile=False, shared_prefix=False)
+    rerank["fp32"] = np.array(exact.score_tokens(docs, raw=True).scores)
+    del exact
     for shared in (True, False):
         s = Scorer(folder, device="cuda:0", compile=args.compile, shared_prefix=shared, fused=args.fused)
         for _ in range(3):
@@ -363,6 +367,9 @@ def bench_gpu(args) -> dict:
         "seconds_shared_prefix": rerank["on"], "seconds_independent": rerank["off"],
         "speedup": rerank["off"] / rerank["on"],
         "max_abs_diff": float(np.abs(np.array(rerank["scores_on"]) - np.array(rerank["scores_off"])).max()),
+        "fp32_logit_range": [float(rerank["fp32"].min()), float(rerank["fp32"].max())],
+        "shared_vs_fp32_max_abs_diff": float(np.abs(np.array(rerank["scores_on"]) - rerank["fp32"]).max()),
+        "independent_vs_fp32_max_abs_diff": float(np.abs(np.array(rerank["scores_off"]) - rerank["fp32"]).max()),
     }
 
     return {
@@ -532,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"transformers padded bf16 {f['padded_bf16_max_abs_diff']:.4f} (Spearman {f['padded_bf16_spearman']:.5f})")
         r = gpu["rerank"]
         print(f"rerank shape (100 docs, 90-token prefix): shared prefix {r['seconds_shared_prefix'] * 1e3:.1f} ms, "
-              f"independent {r['seconds_independent'] * 1e3:.1f} ms -> {r['speedup']:.2f}x (max |diff| {r['max_abs_diff']:.4f})")
+              f"independent {r['seconds_independent'] * 1e3:.1f} ms -> {r['speedup']:.2f}x (max |diff| {r['max_abs_diff']:.4f}; "
+              f"against fp32, logits {r['fp32_logit_range'][0]:.1f}..{r['fp32_logit_range'][1]:.1f}: shared "
+              f"{r['shared_vs_fp32_max_abs_diff']:.4f}, independent {r['independent_vs_fp32_max_abs_diff']:.4f})")
     if args.cpu:
         cpu = bench_cpu(args)
         out["cpu"] = cpu
