@@ -52,8 +52,9 @@ class PackContext:
         use_flash: run the CUDA varlen kernel.
         cu_q, cu_k, max_q, max_k, kv_index: the varlen kernel's arguments (built on the device);
             ``kv_index`` lists the stream rows of each sequence's keys/values (None: the stream's own).
-        last_cu_k, last_max_k, last_kv_index: the same for the last token of each sequence from
-            ``scored_from`` on (the last layer's attention).
+        scored_from: the first scored sequence (the ones before it are shared prefixes).
+        last_cu_q, last_cu_k, last_max_k, last_kv_index: the varlen arguments for the last token of
+            each scored sequence (the last layer's attention).
     """
 
     starts: list[int]

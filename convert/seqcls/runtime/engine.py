@@ -548,10 +548,10 @@ class DeviceEngine:
                 deliver(done, logits.cpu().numpy())
 
 
-def _in_threads(count: int, *jobs: Callable[[], None]) -> None:
-    """Run ``count`` threads (``jobs[i]``, or the one job in each) until all return; re-raises the first error."""
-    with ThreadPoolExecutor(count) as pool:
-        for future in [pool.submit(jobs[i] if len(jobs) > 1 else jobs[0]) for i in range(count)]:
+def _in_threads(jobs: Sequence[Callable[[], None]]) -> None:
+    """Run each job on a thread of its own until all return; re-raises the first error."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        for future in [pool.submit(job) for job in jobs]:
             future.result()
 
 
@@ -653,12 +653,12 @@ class Engine:
                 if workers > 1:
                     torch.set_num_threads(max(1, threads // workers))  # read by each new worker thread as it starts
                     try:
-                        _in_threads(workers, lambda: replicas[0].run_stream(take, deliver))
+                        _in_threads([lambda: replicas[0].run_stream(take, deliver)] * workers)
                     finally:
                         torch.set_num_threads(threads)
                     return out
         if len(replicas) == 1:
             replicas[0].run_stream(take, deliver)
             return out
-        _in_threads(len(replicas), *[lambda r=r: r.run_stream(take, deliver) for r in replicas])
+        _in_threads([lambda r=r: r.run_stream(take, deliver) for r in replicas])
         return out

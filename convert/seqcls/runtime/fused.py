@@ -16,6 +16,10 @@ no compilation:
 8. SiLU(g) * u (Triton);
 9. ``x += a @ Wd^T`` (cuBLAS ``addmm_``).
 
+In packs where sequences continue a shared prefix, step 3 rotates the queries in place and writes
+each sequence's keys (rotated) and values straight into the layout the varlen kernel reads, the
+prefix's rows once per sequence (``kv_gather_rope``), instead of gathering them in a pass of their own.
+
 Norms, rotary and the activation compute in float32 and round once, where transformers rounds some
 intermediates to bf16, so scores differ from transformers' bf16 run by bf16 noise (the tests compare
 both against float32). Used for bf16/fp16 on CUDA when Triton is present.
