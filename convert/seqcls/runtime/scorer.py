@@ -181,7 +181,8 @@ class Scorer:
         cpu_workers: on the CPU, how many packs run side by side, each on its share of torch's
             intra-op threads (``auto``: one per thread, i.e. ``torch.get_num_threads()`` workers of one
             thread each; 1: one pack at a time on all threads). For the length of a call torch's
-            thread count is set to each worker's share, then restored.
+            thread count is set to each worker's share, then restored. Each worker holds one pack's
+            activations, so memory grows with the count.
 
     Example:
         >>> scorer = seqcls.Scorer("qwen3-reranker-seqcls")
