@@ -96,15 +96,15 @@ class PackContext:
             ctx.cu_k = to_device(_boundaries(kv_lens), device)
             ctx.max_q = int(lens.max())
             ctx.max_k = int(kv_lens.max())
-            rows = _kv_rows(starts, lens, p_starts, p_lens)
-            if p_lens.any():
-                ctx.kv_index = to_device(rows, device)
-            # the last layer: one query per scored sequence, over the same keys/values (the prefix
-            # sequences' own rows come first in ``rows``, so the scored ones' are its tail)
+            # the last layer: one query per scored sequence, over the same keys/values
             ctx.last_cu_q = to_device(np.arange(len(lens) - scored_from + 1, dtype=np.int32), device)
             ctx.last_cu_k = to_device(_boundaries(kv_lens[scored_from:]), device)
             ctx.last_max_k = int(kv_lens[scored_from:].max())
-            if scored_from or p_lens.any():
+            if scored_from or p_lens.any():  # else both read the stream's own rows, in order: no index
+                rows = _kv_rows(starts, lens, p_starts, p_lens)
+                if p_lens.any():
+                    ctx.kv_index = to_device(rows, device)
+                # the prefix sequences' own rows come first in ``rows``, so the scored ones' are its tail
                 ctx.last_kv_index = to_device(rows[int(kv_lens[:scored_from].sum()):], device)
         return ctx
 
@@ -245,10 +245,9 @@ def attend_packed_last(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: to
     [T, KVH, D] of the whole stream (``gathered``: the rows ``ctx.last_kv_index`` lists) -> [N, H, Dv].
     Flash varlen with one query per sequence, or SDPA per sequence without flash (the last token sees
     every key, so no mask)."""
-    spans = ctx.spans(ctx.scored_from)
     if not ctx.use_flash:
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-        for row, span in enumerate(spans):
+        for row, span in enumerate(ctx.spans(ctx.scored_from)):
             ki, vi = _keys_values(span, k, v)
             if sliding_window is not None and ki.shape[0] > sliding_window:
                 ki, vi = ki[-sliding_window:], vi[-sliding_window:]

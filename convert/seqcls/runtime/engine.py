@@ -437,8 +437,9 @@ class DeviceEngine:
             def attend_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 return attend_packed_last(ctx, q, k, v, scaling, window, gathered=flash).flatten(1)
 
+            # the row indices exist only on the flash path (the per-sequence path reads the stream's own rows)
             hidden = self.fused.forward(ids, pos, attend, last, attend_last,  # last layer at the head's rows only
-                                        kv_rows=ctx.kv_index if flash else None, kv_rows_last=ctx.last_kv_index if flash else None)
+                                        kv_rows=ctx.kv_index, kv_rows_last=ctx.last_kv_index)
             return self._head(hidden)
         with active(ctx):
             hidden = self.backbone(input_ids=ids[None], position_ids=pos[None], use_cache=False).last_hidden_state[0]
