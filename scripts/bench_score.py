@@ -432,7 +432,7 @@ def bench_cpu(args) -> dict:
     folder = Path(args.model) if args.model else smollm2_folder(workdir, args.cpu_recipe)
     queries, docs = cpu_workload(args.cpu_pairs, args.seed)
     pairs = list(zip(queries, docs))
-    dtypes = ["float32"] + (["bfloat16"] if args.bf16 else [])
+    dtypes = (["float32"] if not args.bf16_only else []) + (["bfloat16"] if args.bf16 or args.bf16_only else [])
     results = []
     tokens = 0
     for dtype in dtypes:
@@ -517,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-pairs", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="CPU: also compare in bf16")
+    parser.add_argument("--bf16-only", action="store_true", help="CPU: compare in bf16 only")
     parser.add_argument("--cpu-recipe", default="qwen3", help="CPU: recipe for converting the SmolLM2 GGUF (PERFORMANCE.md: the qwen3-style template)")
     parser.add_argument("--cpu-repeats", type=int, default=1, help="CPU: interleaved rounds (best of)")
     parser.add_argument("--no-cpu-compile", action="store_true", help="CPU: skip the torch.compile row")

@@ -6,7 +6,12 @@ in place, SiLU·mul) with the memory bandwidth they reach, the same operations i
 compiled by Inductor, and the cuBLAS products with the residual add as a separate kernel or in the
 ``addmm`` epilogue. Checks each Triton kernel against float32 on the way.
 
-    python scripts/tune_fused.py [--tokens 65536] [--json out.json]
+``--attention`` times packed attention instead, on the rerank shape (a 90-token prefix, then 100
+documents of 64-256 tokens plus a 12-token suffix continuing it) and on the same documents scored
+whole: flash-attention varlen (with the gather of each sequence's prefix rows that it needs) against
+``fused.prefix_attention`` under each launch setting, in TFLOP/s of causal attention actually needed.
+
+    python scripts/tune_fused.py [--tokens 65536] [--attention] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,8 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=65536)
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--attention", action="store_true", help="time packed attention (flash varlen vs the prefix kernel)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    if args.attention:
+        rows = attention(fused)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
+        return 0
     dev, dt = "cuda", torch.bfloat16
     M, hidden, heads, kv, d, inter = args.tokens, 1024, 16, 8, 128, 3072
     nqkv = (heads + 2 * kv) * d
@@ -121,6 +132,55 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "tokens": M, "rows": rows, "errors": errors}, indent=1))
     return 0
+
+
+def attention(fused) -> list[dict]:
+    """Packed attention on the rerank shape, with and without the shared prefix (16 heads / 8 KV heads
+    of 128): flash varlen against ``fused.prefix_attention`` under each launch setting."""
+    import numpy as np
+    import torch
+
+    from seqcls.runtime.attention import PackContext, _flash
+
+    heads, kv, d = 16, 8, 128
+    rng = np.random.default_rng(1)  # bench_score's rerank documents
+    own = [int(n) + 12 for n in rng.integers(64, 257, size=100)]
+    layouts = {"rerank, shared prefix": ([90] + own, [(0, 0)] + [(0, 90)] * 100),
+               "rerank, independent": ([90 + n for n in own], [(0, 0)] * 100)}
+    # (query rows, product rows: both query heads of a KV head in one program, key rows, warps, stages)
+    settings = [(bm, 2 * bm, bn, w, st) for bm in (16, 32, 64) for bn in (16, 32, 64) for w in (4, 8) for st in (2, 3)]
+    saved = (fused.ATTENTION_BLOCK_M, fused.ATTENTION_BLOCK_N, fused.ATTENTION_WARPS, fused.ATTENTION_STAGES, fused.ATTENTION_ROWS)
+    out = []
+    for name, (lengths, prefixes) in layouts.items():
+        T = sum(lengths)
+        qkv = torch.randn(T, (heads + 2 * kv) * d, device="cuda", dtype=torch.bfloat16)
+        q, k, v = qkv[:, :heads * d].view(T, heads, d), qkv[:, heads * d:(heads + kv) * d].view(T, kv, d), qkv[:, (heads + kv) * d:].view(T, kv, d)
+        needed = sum(n * p + n * (n + 1) // 2 for n, (_, p) in zip(lengths, prefixes)) * heads * d * 4  # FLOPs
+        flash_ctx = PackContext.build(lengths, torch.device("cuda"), use_flash=True, prefixes=prefixes)
+        index = flash_ctx.kv_index
+
+        def flash():
+            kk, vv = (k.index_select(0, index), v.index_select(0, index)) if index is not None else (k, v)
+            return _flash(q, kk, vv, flash_ctx.cu_q, flash_ctx.cu_k, flash_ctx.max_q, flash_ctx.max_k, d ** -0.5, None)
+
+        reference = flash().float()
+        ms = cuda_ms(flash)
+        print(f"{name}: {T} tokens", flush=True)
+        out.append({"layout": name, "kernel": "flash varlen" + (" + gather" if index is not None else ""), "ms": ms, "tflops": needed / ms / 1e9})
+        print(f"  {out[-1]['kernel']:72s} {ms:7.3f} ms {out[-1]['tflops']:6.1f} TFLOP/s", flush=True)
+        timed = []
+        for bm, rows, bn, w, st in settings:
+            fused.ATTENTION_BLOCK_M, fused.ATTENTION_ROWS, fused.ATTENTION_BLOCK_N, fused.ATTENTION_WARPS, fused.ATTENTION_STAGES = bm, rows, bn, w, st
+            ctx = PackContext.build(lengths, torch.device("cuda"), use_flash=True, prefixes=prefixes, blocks=bm)
+            error = float((fused.prefix_attention(q, k, v, ctx.blocks, ctx.seqs, d ** -0.5).float() - reference).abs().max())
+            ms = cuda_ms(lambda: fused.prefix_attention(q, k, v, ctx.blocks, ctx.seqs, d ** -0.5))
+            timed.append({"layout": name, "kernel": f"prefix_attention block_m={bm} rows={rows} block_n={bn} warps={w} stages={st}",
+                          "ms": ms, "tflops": needed / ms / 1e9, "max_diff_vs_flash": error})
+        fused.ATTENTION_BLOCK_M, fused.ATTENTION_BLOCK_N, fused.ATTENTION_WARPS, fused.ATTENTION_STAGES, fused.ATTENTION_ROWS = saved
+        for entry in sorted(timed, key=lambda e: e["ms"])[:6]:
+            print(f"  {entry['kernel']:72s} {entry['ms']:7.3f} ms {entry['tflops']:6.1f} TFLOP/s (|diff| vs flash {entry['max_diff_vs_flash']:.4f})", flush=True)
+        out += timed
+    return out
 
 
 if __name__ == "__main__":

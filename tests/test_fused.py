@@ -157,3 +157,69 @@ def test_fused_decoder_refuses_what_it_cannot_run():
     config.sliding_window = 8
     mixed = transformers.Qwen3ForSequenceClassification(config)
     assert "mix full and sliding" in fused.supported(mixed, torch.device("cuda"), torch.bfloat16)
+
+
+ATTENTION_SCRIPT = r"""
+import json, sys, torch
+from seqcls.runtime import fused
+from seqcls.runtime.attention import PackContext
+
+device, dtype = (sys.argv[1], getattr(torch, sys.argv[2])) if len(sys.argv) > 2 else ("cpu", torch.float32)
+torch.manual_seed(0)
+# a stream mixing shared prefixes, sequences that continue them, and sequences on their own; lengths
+# cross the kernel's query and key blocks (64 rows) on both sides
+lengths = [70, 150, 5, 129, 40, 64, 1, 200]
+prefixes = [(0, 0), (0, 70), (0, 70), (0, 0), (0, 0), (354, 40), (0, 0), (354, 40)]  # 354: the 40-token prefix
+T = sum(lengths)
+ctx = PackContext.build(lengths, torch.device(device), use_flash=False, prefixes=prefixes, blocks=fused.ATTENTION_BLOCK_M)
+results = {}
+for heads, kv_heads in [(8, 2), (6, 2), (4, 4)]:
+    D = 64
+    qkv = torch.randn(T, (heads + 2 * kv_heads) * D, device=device).to(dtype)
+    q = qkv[:, :heads * D].view(T, heads, D)
+    k = qkv[:, heads * D:(heads + kv_heads) * D].view(T, kv_heads, D)
+    v = qkv[:, (heads + kv_heads) * D:].view(T, kv_heads, D)
+    got = fused.prefix_attention(q, k, v, ctx.blocks, ctx.seqs, D ** -0.5)
+    # reference: each sequence in float64, its prefix's keys then its own, causal over its own
+    worst, start = 0.0, 0
+    for n, (p_start, p_len) in zip(lengths, prefixes):
+        rows = list(range(p_start, p_start + p_len)) + list(range(start, start + n))
+        qs = q[start:start + n].double().transpose(0, 1)
+        ks = k[rows].double().repeat_interleave(heads // kv_heads, 1).transpose(0, 1)
+        vs = v[rows].double().repeat_interleave(heads // kv_heads, 1).transpose(0, 1)
+        scores = qs @ ks.transpose(1, 2) * D ** -0.5
+        allowed = torch.arange(p_len + n)[None, :] <= torch.arange(n)[:, None] + p_len
+        ref = (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vs).transpose(0, 1)
+        worst = max(worst, (got[start:start + n].double() - ref).abs().max().item())
+        assert got.dtype == dtype
+        start += n
+    results[f"{heads}/{kv_heads}"] = worst
+print(json.dumps(results))
+"""
+
+
+def test_prefix_attention_kernel_matches_reference():
+    """The Triton attention that reads shared prefixes in place (GPU packs with a shared prefix), run by
+    Triton's interpreter in float32, against float64 attention over each sequence's prefix + own keys."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(result) == {"8/2", "6/2", "4/4"}
+    assert all(diff < 1e-5 for diff in result.values()), result
+
+
+@pytest.mark.gpu
+def test_gpu_prefix_attention_kernel_matches_reference():
+    """The same check compiled for the GPU, in bf16 (inputs rounded to bf16, the reference in float64)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT, "cuda", "bfloat16"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(result) == {"8/2", "6/2", "4/4"} and all(diff < 0.02 for diff in result.values()), result

@@ -702,7 +702,12 @@ def fused_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama", "mistral"])
-def test_gpu_fused_decoder_matches_transformers(fused_models, arch):
+def test_gpu_fused_decoder_matches_transformers(fused_models, arch, monkeypatch):
+    from seqcls.runtime import fused
+
+    calls = []
+    kernel = fused.prefix_attention
+    monkeypatch.setattr(fused, "prefix_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
     folder = fused_models[arch]
     queries, docs = _gpu_pairs()
     cpu_reference = torch.tensor(seqcls.Scorer(folder, device="cpu", fused=False).score(queries, docs, raw=True).scores)  # transformers, fp32
@@ -711,6 +716,12 @@ def test_gpu_fused_decoder_matches_transformers(fused_models, arch):
     for kwargs in (dict(), dict(shared_prefix=False), dict(backend="packed"), dict(batch_tokens=160)):
         scorer = seqcls.Scorer(folder, device="cuda:0", **kwargs)
         assert scorer.engine.replicas[0].fused is not None
+        calls.clear()
         got = torch.tensor(scorer.score(queries, docs, raw=True).scores)
+        # packs with a shared prefix attend through the Triton prefix kernel (Mistral: within its window)
+        if not kwargs:
+            assert calls, arch
+        if kwargs.get("shared_prefix") is False:
+            assert not calls
         # as close to fp32 as transformers' own bf16 layers are
         assert (got - cpu_reference).abs().max() <= 2 * noise + 0.02, (arch, kwargs, (got - cpu_reference).abs().max(), noise)

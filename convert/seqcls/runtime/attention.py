@@ -19,7 +19,7 @@ packed pass (``current()`` is None) the function is transformers' SDPA attention
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,12 @@ class PackContext:
         scored_from: the first scored sequence (the ones before it are shared prefixes).
         last_cu_q, last_cu_k, last_max_k, last_kv_index: the varlen arguments for the last token of
             each scored sequence (the last layer's attention).
+        last_rows: the stream row of each scored sequence's last token.
+        masks: the per-sequence attention masks of the CPU path, by shape, built once per pack.
+        seqs, blocks: the tables of ``fused.prefix_attention`` (built when ``blocks`` is given to
+            ``build``): [4, S] stream start, length, prefix start, prefix length of each sequence, and
+            [2, B] sequence and first query of each block of queries. With them, attention reads the
+            prefixes' keys and values where they are and ``kv_index`` is not built.
     """
 
     starts: list[int]
@@ -72,6 +78,10 @@ class PackContext:
     last_cu_k: torch.Tensor | None = None
     last_max_k: int = 0
     last_kv_index: torch.Tensor | None = None
+    last_rows: torch.Tensor | None = None
+    seqs: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None
+    masks: dict = field(default_factory=dict)
 
     @property
     def has_prefix(self) -> bool:
@@ -79,10 +89,11 @@ class PackContext:
 
     @classmethod
     def build(cls, lengths: list[int], device: torch.device, *, use_flash: bool,
-              prefixes: list[tuple[int, int]] | None = None, scored_from: int = 0) -> "PackContext":
+              prefixes: list[tuple[int, int]] | None = None, scored_from: int = 0, blocks: int = 0) -> "PackContext":
         """Layout for sequences of ``lengths``; ``prefixes[i]`` is the (start, length) in the stream of
         the prefix sequence ``i`` continues, or (0, 0); sequences from ``scored_from`` on are scored
-        (the earlier ones are prefixes)."""
+        (the earlier ones are prefixes). ``blocks``: the query rows per block of ``fused.prefix_attention``
+        (0: attention through the varlen flash kernel). Every index array reaches the device in one copy."""
         lens = np.asarray(lengths, dtype=np.int64)
         starts = np.zeros_like(lens)
         np.cumsum(lens[:-1], out=starts[1:])
@@ -90,27 +101,45 @@ class PackContext:
         p_starts = np.asarray([a for a, _ in spans], dtype=np.int64)
         p_lens = np.asarray([b for _, b in spans], dtype=np.int64)
         ctx = cls(starts.tolist(), lens.tolist(), p_starts.tolist(), p_lens.tolist(), use_flash, scored_from=scored_from)
+        host = {"last_rows": (starts + lens)[scored_from:] - 1}
         if use_flash:
             kv_lens = lens + p_lens
-            ctx.cu_q = to_device(_boundaries(lens), device)
-            ctx.cu_k = to_device(_boundaries(kv_lens), device)
+            host["cu_q"] = _boundaries(lens)
+            host["cu_k"] = _boundaries(kv_lens)
             ctx.max_q = int(lens.max())
             ctx.max_k = int(kv_lens.max())
             # the last layer: one query per scored sequence, over the same keys/values
-            ctx.last_cu_q = to_device(np.arange(len(lens) - scored_from + 1, dtype=np.int32), device)
-            ctx.last_cu_k = to_device(_boundaries(kv_lens[scored_from:]), device)
+            host["last_cu_q"] = np.arange(len(lens) - scored_from + 1)
+            host["last_cu_k"] = _boundaries(kv_lens[scored_from:])
             ctx.last_max_k = int(kv_lens[scored_from:].max())
             if scored_from or p_lens.any():  # else both read the stream's own rows, in order: no index
                 rows = _kv_rows(starts, lens, p_starts, p_lens)
-                if p_lens.any():
-                    ctx.kv_index = to_device(rows, device)
+                if p_lens.any() and not blocks:
+                    host["kv_index"] = rows
                 # the prefix sequences' own rows come first in ``rows``, so the scored ones' are its tail
-                ctx.last_kv_index = to_device(rows[int(kv_lens[:scored_from].sum()):], device)
+                host["last_kv_index"] = rows[int(kv_lens[:scored_from].sum()):]
+        if blocks:
+            host["seqs"] = np.stack([starts, lens, p_starts, p_lens])
+            per_seq = -(-lens // blocks)
+            first = np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
+            host["blocks"] = np.stack([np.repeat(np.arange(len(lens)), per_seq), (np.arange(int(per_seq.sum())) - first) * blocks])
+        for name, tensor in _upload(host, device).items():
+            setattr(ctx, name, tensor)
         return ctx
 
     def spans(self, first: int = 0) -> list[tuple[int, int, int, int]]:
         """(start, length, prefix start, prefix length) of each sequence from ``first`` on."""
         return list(zip(self.starts, self.lengths, self.prefix_starts, self.prefix_lens))[first:]
+
+
+def _upload(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Integer arrays on ``device`` as int32 views of one buffer, copied in one transfer."""
+    flat = np.concatenate([np.ravel(a) for a in arrays.values()]).astype(np.int32)
+    buffer, out, at = to_device(flat, device), {}, 0
+    for name, array in arrays.items():
+        out[name] = buffer[at:at + array.size].view(array.shape)
+        at += array.size
+    return out
 
 
 def _boundaries(lengths: Any) -> np.ndarray:
@@ -172,8 +201,9 @@ def _causal_mask(q_len: int, prefix: int, window: int | None, device: torch.devi
 
 
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, scaling: float,
-                window: int | None, softcap: float | None) -> torch.Tensor:
-    """One sequence: q [H, L, D], k/v [KVH, P+L, D] -> [L, H, Dv]."""
+                window: int | None, softcap: float | None, masks: dict | None = None) -> torch.Tensor:
+    """One sequence: q [H, L, D], k/v [KVH, P+L, D] -> [L, H, Dv]. ``masks``: a cache of the additive
+    masks by shape (a pack's layers reuse them)."""
     q_len, kv_len = q.shape[1], k.shape[1]
     if softcap is None:
         # 4-D inputs (strided views are fine) and native GQA take the fused (flash) SDPA kernel on CPU
@@ -182,8 +212,13 @@ def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: int, 
         if prefix == 0 and (window is None or window >= kv_len):
             out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=gqa)
         else:
-            mask = torch.zeros(q_len, kv_len, dtype=q.dtype, device=q.device)
-            mask.masked_fill_(~_causal_mask(q_len, prefix, window, q.device), float("-inf"))
+            key = (q_len, prefix, window, q.dtype)
+            mask = masks.get(key) if masks is not None else None
+            if mask is None:
+                mask = torch.zeros(q_len, kv_len, dtype=q.dtype, device=q.device)
+                mask.masked_fill_(~_causal_mask(q_len, prefix, window, q.device), float("-inf"))
+                if masks is not None:
+                    masks[key] = mask
             out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, scale=scaling, enable_gqa=gqa)
         return out[0].transpose(0, 1)
     groups = q.shape[0] // k.shape[0]
@@ -224,6 +259,10 @@ def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.T
     prefix's keys and values (if any) and, causally, its own. ``out``: a buffer to write into on the
     per-sequence path (reused from layer to layer, a fresh one costs page faults on CPU). ``gathered``
     (flash only): k/v are already the rows ``ctx.kv_index`` lists, in its order."""
+    if ctx.seqs is not None and softcap is None:  # built only where no sliding window cuts a sequence's keys
+        from .fused import prefix_attention
+
+        return prefix_attention(q, k, v, ctx.blocks, ctx.seqs, scaling, out)
     if ctx.use_flash and softcap is None:
         if ctx.kv_index is not None and not gathered:
             k = k.index_select(0, ctx.kv_index)
@@ -234,7 +273,7 @@ def attend_packed(ctx: PackContext, q: torch.Tensor, k: torch.Tensor, v: torch.T
     # stalls them badly)
     if out is None:
         out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
-    _attend_each(ctx.spans(), q, k, v, out, scaling, sliding_window, softcap)
+    _attend_each(ctx.spans(), q, k, v, out, scaling, sliding_window, softcap, ctx.masks)
     return out
 
 
@@ -282,7 +321,7 @@ def _keys_values(span: tuple[int, int, int, int], k: torch.Tensor, v: torch.Tens
 
 
 def _attend_each(spans: list[tuple[int, int, int, int]], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                 scaling: float, sliding_window: int | None, softcap: float | None) -> None:
+                 scaling: float, sliding_window: int | None, softcap: float | None, masks: dict | None = None) -> None:
     """Sequences given as (start, length, prefix start, prefix length) spans of the stream, one by one."""
     for start, n, p_start, shared in spans:
         qi = q[start:start + n]
@@ -296,7 +335,8 @@ def _attend_each(spans: list[tuple[int, int, int, int]], q: torch.Tensor, k: tor
             full = _attend_one(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), 0, scaling, sliding_window, softcap)
             out[start:start + n] = full[shared:]
         else:
-            out[start:start + n] = _attend_one(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), shared, scaling, sliding_window, softcap)
+            out[start:start + n] = _attend_one(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), shared, scaling, sliding_window,
+                                               softcap, masks)
 
 
 def dense_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

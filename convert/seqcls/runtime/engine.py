@@ -376,6 +376,10 @@ class DeviceEngine:
                 self.fused = fused_module.FusedDecoder(model)
             elif fused is True:
                 raise UsageError(f"The fused decoder cannot run {type(model).__name__}: {reason}; use fused='auto' or False.")
+        # query rows per block of the Triton prefix-attention kernel (0: packs attend through varlen flash)
+        self.prefix_blocks = 0
+        if self.fused is not None and self.fused.kernels == "triton" and self.use_flash:
+            self.prefix_blocks = fused_module.ATTENTION_BLOCK_M
         if compile == "auto":
             compile = device.type == "cuda" and _has_triton()
         if compile and self.backend == "packed" and self.fused is None:
@@ -406,8 +410,8 @@ class DeviceEngine:
         lengths = [len(s) for s in seqs]
         flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=sum(lengths))
         self._check_ids(flat)
-        positions = ranges(offsets, lengths)
-        return to_device(flat, self.device), to_device(positions, self.device), lengths
+        both = to_device(np.stack([flat, ranges(offsets, lengths)]), self.device)  # ids and positions in one copy
+        return both[0], both[1], lengths
 
     def forward_packed(self, seqs: Sequence[Sequence[int]], prefixes: Sequence[Sequence[int]] = (),
                        prefix_of: Sequence[int] | None = None) -> torch.Tensor:
@@ -422,17 +426,23 @@ class DeviceEngine:
         seq_spans = [spans[j] if j >= 0 else (0, 0) for j in prefix_of]
         offsets = [0] * len(prefixes) + [n for _, n in seq_spans]
         ids, pos, lengths = self._stream(stream, offsets)
+        # packs with a shared prefix read its keys/values in place through the Triton attention kernel,
+        # where no sliding window cuts a sequence's keys
+        blocks = self.prefix_blocks if prefixes else 0
+        if blocks and self.window is not None and max(len(s) + n for s, (_, n) in zip(seqs, seq_spans)) > self.window:
+            blocks = 0
         ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans,
-                                scored_from=len(prefixes))
-        last = to_device(np.cumsum(lengths)[len(prefixes):] - 1, self.device)
+                                scored_from=len(prefixes), blocks=blocks)
+        last = ctx.last_rows
         if self.fused is not None:
             scaling, window, flash = self.fused.scaling, self.window, self.use_flash
-            buffer = None if flash else torch.empty(ids.shape[0], self.fused.heads, self.fused.head_dim, device=self.device,
-                                                    dtype=self.dtype)
+            buffer = None if flash and not blocks else torch.empty(ids.shape[0], self.fused.heads, self.fused.head_dim,
+                                                                   device=self.device, dtype=self.dtype)
 
-            # with flash, the fused decoder gathers keys/values into the kernel's layout as it rotates them
+            # on the flash path, the fused decoder gathers keys/values into the kernel's layout as it
+            # rotates them, unless the prefix kernel reads them in place
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return attend_packed(ctx, q, k, v, scaling, window, out=buffer, gathered=flash).flatten(1)
+                return attend_packed(ctx, q, k, v, scaling, window, out=buffer, gathered=ctx.kv_index is not None).flatten(1)
 
             def attend_last(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 return attend_packed_last(ctx, q, k, v, scaling, window, gathered=flash).flatten(1)

@@ -174,6 +174,72 @@ if triton is not None:
             tl.store(out_base + head * D + HALF, tl.load(src_base + head * D + HALF, mask=row_ok, other=0.0), mask=row_ok)
 
     @triton.jit
+    def _prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, blocks_ptr, seqs_ptr, n_blocks, n_seqs, stride_qt, stride_qh,
+                                 stride_kt, stride_kh, stride_ot, stride_oh, qk_scale, G: tl.constexpr, GP: tl.constexpr,
+                                 D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Causal attention over a packed stream in which sequences may continue a shared prefix: the
+        queries of one block of BLOCK_M rows of one sequence, for GP query heads that share a key head,
+        attend to the prefix's keys and values where they sit in the stream (every query sees all of
+        them), then causally to the sequence's own. Online softmax in float32 (exp2, scale folded in).
+
+        ``blocks``: [2, n_blocks] (sequence, first query row within it); ``seqs``: [4, n_seqs] (stream
+        start, length, prefix start, prefix length)."""
+        blk = tl.program_id(0)
+        head0 = tl.program_id(1) * GP
+        kvh = head0 // G
+        seq = tl.load(blocks_ptr + blk)
+        q0 = tl.load(blocks_ptr + n_blocks + blk)
+        start = tl.load(seqs_ptr + seq).to(tl.int64)
+        length = tl.load(seqs_ptr + n_seqs + seq)
+        p_start = tl.load(seqs_ptr + 2 * n_seqs + seq).to(tl.int64)
+        p_len = tl.load(seqs_ptr + 3 * n_seqs + seq)
+        R: tl.constexpr = BLOCK_M * GP  # rows of the product: GP heads of BLOCK_M queries
+        r = tl.arange(0, R)
+        pos = q0 + r % BLOCK_M
+        valid = (pos < length)[:, None]
+        d = tl.arange(0, D)[None, :]
+        heads = (head0 + r // BLOCK_M)[:, None]
+        q = tl.load(q_ptr + (start + pos)[:, None] * stride_qt + heads * stride_qh + d, mask=valid, other=0.0)
+        m_i = tl.full([R], float("-inf"), tl.float32)
+        l_i = tl.zeros([R], tl.float32)
+        acc = tl.zeros([R, D], tl.float32)
+        n = tl.arange(0, BLOCK_N)
+        column = kvh * stride_kh + d
+        # three passes over key blocks: the prefix's (all visible), the sequence's own that every query of
+        # this block sees whole, and the rest of its own up to the block's last query (causal mask)
+        full = (q0 // BLOCK_N) * BLOCK_N
+        last = tl.minimum(length, q0 + BLOCK_M)
+        for part in tl.static_range(3):
+            if part == 0:
+                lo, hi, base = 0, p_len, p_start
+            elif part == 1:
+                lo, hi, base = 0, full, start
+            else:
+                lo, hi, base = full, last, start
+            for n0 in range(lo, hi, BLOCK_N):
+                keys = n0 + n
+                rows = (base + keys)[:, None] * stride_kt + column
+                if part == 1:
+                    k = tl.load(k_ptr + rows)
+                    v = tl.load(v_ptr + rows)
+                else:
+                    k = tl.load(k_ptr + rows, mask=(keys < hi)[:, None], other=0.0)
+                    v = tl.load(v_ptr + rows, mask=(keys < hi)[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+                if part == 0:
+                    s = tl.where((keys < hi)[None, :], s, float("-inf"))
+                elif part == 2:
+                    s = tl.where(keys[None, :] <= pos[:, None], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                p = tl.math.exp2(s - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + (start + pos)[:, None] * stride_ot + heads * stride_oh + d, out.to(o_ptr.dtype.element_ty), mask=valid)
+
+    @triton.jit
     def _silu_mul_kernel(gu_ptr, out_ptr, M, N, stride_gu, stride_out, ROWS: tl.constexpr, BN: tl.constexpr):
         """out = silu(gu[:, :N]) * gu[:, N:] in float32, rounded once."""
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -224,6 +290,36 @@ def kv_gather_rope(qkv: torch.Tensor, rows: torch.Tensor, qk_norm: torch.Tensor 
     return out
 
 
+# ``prefix_attention``: query rows per program (times the query heads it packs, up to ATTENTION_ROWS
+# rows in all), key rows per step, warps and pipeline stages; tuned on an H100 (scripts/tune_fused.py)
+ATTENTION_BLOCK_M, ATTENTION_BLOCK_N, ATTENTION_WARPS, ATTENTION_STAGES, ATTENTION_ROWS = 32, 32, 4, 2, 64
+
+
+def attention_heads_per_program(heads: int, kv_heads: int) -> int:
+    """Query heads one ``prefix_attention`` program packs: those sharing a key head, a power of two,
+    at most ATTENTION_ROWS product rows."""
+    group, packed = heads // kv_heads, 1
+    while group % (packed * 2) == 0 and ATTENTION_BLOCK_M * packed * 2 <= ATTENTION_ROWS:
+        packed *= 2
+    return packed
+
+
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: torch.Tensor, seqs: torch.Tensor, scaling: float,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Packed causal attention with shared prefixes read in place: q [T, H, D], k/v [T, KVH, D] (strided
+    views of the stream's q/k/v buffer are fine) -> [T, H, D]. ``seqs`` [4, S] int32: each sequence's
+    stream start, length, prefix start and prefix length (0: none); ``blocks`` [2, B] int32: the
+    sequence and first query row of each block of ``ATTENTION_BLOCK_M`` queries (``attention_blocks``)."""
+    T, H, D = q.shape
+    out = q.new_empty(T, H, D) if out is None else out
+    packed = attention_heads_per_program(H, k.shape[1])
+    _prefix_attention_kernel[(blocks.shape[1], H // packed)](
+        q, k, v, out, blocks, seqs, blocks.shape[1], seqs.shape[1], q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        out.stride(0), out.stride(1), scaling * 1.4426950408889634, G=H // k.shape[1], GP=packed, D=D, BLOCK_M=ATTENTION_BLOCK_M,
+        BLOCK_N=ATTENTION_BLOCK_N, num_warps=ATTENTION_WARPS, num_stages=ATTENTION_STAGES)
+    return out
+
+
 def silu_mul(gu: torch.Tensor, rows: int = 4, block: int = 1024, warps: int = 4) -> torch.Tensor:
     """[M, 2N] (gate, up) -> [M, N] = silu(gate) * up."""
     M, two_n = gu.shape
@@ -235,8 +331,14 @@ def silu_mul(gu: torch.Tensor, rows: int = 4, block: int = 1024, warps: int = 4)
 
 
 def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``rms_norm`` with PyTorch's fused op (the CPU's)."""
-    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    """``rms_norm`` with PyTorch's ops (the CPU's): the fused op in float32; in lower precision
+    transformers' arithmetic (float32, rounded, then times the weight) in place on one float32 copy,
+    which is both faster on CPU than the fused op there and rounds as transformers does."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    wide = x.float()
+    scale = torch.linalg.vector_norm(wide, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return wide.mul_(scale).to(x.dtype).mul_(weight)
 
 
 def torch_qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, heads: int,
@@ -269,7 +371,10 @@ def torch_silu_mul(gu: torch.Tensor) -> torch.Tensor:
     return F.silu(gu[:, :n]).mul_(gu[:, n:])
 
 
-CPU_BLOCK_ROWS = 512
+# rows per block on the CPU: float32 intermediates of 512 rows stay in cache; bf16/fp16 products (AMX)
+# run faster on larger blocks (2048 was the best of 512-4096 on the §3 workload on an AMX CPU)
+CPU_BLOCK_ROWS = {torch.float32: 512}
+CPU_BLOCK_ROWS_LOW_PRECISION = 2048
 KERNELS = {"triton": (rms_norm, qk_norm_rope_, silu_mul, kv_gather_rope),
            "torch": (torch_rms_norm, torch_qk_norm_rope_, torch_silu_mul, torch_kv_gather_rope)}
 
@@ -293,7 +398,8 @@ class FusedDecoder:
         self.rms_norm, self.qk_norm_rope_, self.silu_mul, self.kv_gather_rope = KERNELS[self.kernels]
         # with PyTorch's kernels (the CPU), everything but attention runs in blocks of rows, so that the
         # intermediates stay in cache and are never large fresh allocations
-        self.block_rows = block_rows or (CPU_BLOCK_ROWS if self.kernels == "torch" else None)
+        dtype = next(model.parameters()).dtype
+        self.block_rows = block_rows or (CPU_BLOCK_ROWS.get(dtype, CPU_BLOCK_ROWS_LOW_PRECISION) if self.kernels == "torch" else None)
         config = model.config
         backbone = model.model
         self.embed = backbone.embed_tokens
