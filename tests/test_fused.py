@@ -188,7 +188,7 @@ for heads, kv_heads in [(8, 2), (6, 2), (4, 4)]:
         ks = k[rows].double().repeat_interleave(heads // kv_heads, 1).transpose(0, 1)
         vs = v[rows].double().repeat_interleave(heads // kv_heads, 1).transpose(0, 1)
         scores = qs @ ks.transpose(1, 2) * D ** -0.5
-        allowed = torch.arange(p_len + n)[None, :] <= torch.arange(n)[:, None] + p_len
+        allowed = torch.arange(p_len + n, device=device)[None, :] <= torch.arange(n, device=device)[:, None] + p_len
         ref = (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vs).transpose(0, 1)
         worst = max(worst, (got[start:start + n].double() - ref).abs().max().item())
         assert got.dtype == dtype
