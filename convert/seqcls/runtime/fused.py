@@ -16,9 +16,12 @@ no compilation:
 8. SiLU(g) * u (Triton);
 9. ``x += a @ Wd^T`` (cuBLAS ``addmm_``).
 
-In packs where sequences continue a shared prefix, step 3 rotates the queries in place and writes
-each sequence's keys (rotated) and values straight into the layout the varlen kernel reads, the
-prefix's rows once per sequence (``kv_gather_rope``), instead of gathering them in a pass of their own.
+In packs where sequences continue a shared prefix, step 4 is seqcls's own Triton attention
+(``prefix_attention``): each sequence's queries read the prefix's keys and values where they sit in
+the stream, then their own, so nothing is gathered. Where that kernel is not used (a sliding window
+that binds) and in the last layer, whose queries are one row per sequence for flash varlen, step 3
+instead writes each sequence's rotated keys and its values straight into the varlen layout, the
+prefix's rows once per sequence (``kv_gather_rope``).
 
 Norms, rotary and the activation compute in float32 and round once, where transformers rounds some
 intermediates to bf16, so scores differ from transformers' bf16 run by bf16 noise (the tests compare
@@ -309,7 +312,8 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: 
     """Packed causal attention with shared prefixes read in place: q [T, H, D], k/v [T, KVH, D] (strided
     views of the stream's q/k/v buffer are fine) -> [T, H, D]. ``seqs`` [4, S] int32: each sequence's
     stream start, length, prefix start and prefix length (0: none); ``blocks`` [2, B] int32: the
-    sequence and first query row of each block of ``ATTENTION_BLOCK_M`` queries (``attention_blocks``)."""
+    sequence and first query row of each block of ``ATTENTION_BLOCK_M`` queries (both as
+    ``PackContext.build(..., blocks=ATTENTION_BLOCK_M)`` makes them)."""
     T, H, D = q.shape
     out = q.new_empty(T, H, D) if out is None else out
     packed = attention_heads_per_program(H, k.shape[1])
@@ -373,8 +377,7 @@ def torch_silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 # rows per block on the CPU: float32 intermediates of 512 rows stay in cache; bf16/fp16 products (AMX)
 # run faster on larger blocks (2048 was the best of 512-4096 on the §3 workload on an AMX CPU)
-CPU_BLOCK_ROWS = {torch.float32: 512}
-CPU_BLOCK_ROWS_LOW_PRECISION = 2048
+CPU_BLOCK_ROWS, CPU_BLOCK_ROWS_LOW_PRECISION = 512, 2048
 KERNELS = {"triton": (rms_norm, qk_norm_rope_, silu_mul, kv_gather_rope),
            "torch": (torch_rms_norm, torch_qk_norm_rope_, torch_silu_mul, torch_kv_gather_rope)}
 
@@ -398,8 +401,8 @@ class FusedDecoder:
         self.rms_norm, self.qk_norm_rope_, self.silu_mul, self.kv_gather_rope = KERNELS[self.kernels]
         # with PyTorch's kernels (the CPU), everything but attention runs in blocks of rows, so that the
         # intermediates stay in cache and are never large fresh allocations
-        dtype = next(model.parameters()).dtype
-        self.block_rows = block_rows or (CPU_BLOCK_ROWS.get(dtype, CPU_BLOCK_ROWS_LOW_PRECISION) if self.kernels == "torch" else None)
+        cpu_rows = CPU_BLOCK_ROWS if next(model.parameters()).dtype == torch.float32 else CPU_BLOCK_ROWS_LOW_PRECISION
+        self.block_rows = block_rows or (cpu_rows if self.kernels == "torch" else None)
         config = model.config
         backbone = model.model
         self.embed = backbone.embed_tokens
