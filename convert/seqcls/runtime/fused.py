@@ -111,23 +111,15 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_kernel(src_ptr, dst_ptr, index_ptr, norm_ptr, cos_ptr, sin_ptr, R, stride_src, stride_dst, stride_cs, eps,
-                     SRC_HEAD: tl.constexpr, HQ: tl.constexpr, HK: tl.constexpr, HV: tl.constexpr, D: tl.constexpr,
-                     QK_NORM: tl.constexpr, GATHER: tl.constexpr, ROWS: tl.constexpr):
-        """Rows r < R of dst, from src's row index[r] (GATHER) or r, heads from SRC_HEAD on: HQ query
-        heads then HK key heads with per-head RMSNorm (q_norm/k_norm) and rotary (column j paired with
-        j + D/2, as transformers' rotate_half; cos/sin of the source row, read once per row), then HV
-        heads copied as they are. In place when dst is src (no gather); gathering keys and values into
-        the layout the varlen kernel reads otherwise (a shared prefix's rows once per sequence)."""
+    def _qk_rope_kernel(qkv_ptr, norm_ptr, cos_ptr, sin_ptr, M, stride_qkv, stride_cs, eps, HQ: tl.constexpr,
+                        HK: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, ROWS: tl.constexpr):
+        """In place on the q and k heads of ROWS rows: per-head RMSNorm (q_norm/k_norm), then rotary
+        (column j paired with j + D/2, as transformers' rotate_half); cos/sin are read once per row."""
         HALF: tl.constexpr = D // 2
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        row_ok = (rows < R)[:, None]
-        if GATHER:
-            src = tl.load(index_ptr + rows, mask=rows < R, other=0).to(tl.int64)
-        else:
-            src = rows.to(tl.int64)
+        row_ok = (rows < M)[:, None]
         offs = tl.arange(0, HALF)[None, :]
-        cs = src[:, None] * stride_cs + offs
+        cs = rows[:, None].to(tl.int64) * stride_cs + offs
         cos1 = tl.load(cos_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
         cos2 = tl.load(cos_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
         sin1 = tl.load(sin_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
@@ -137,22 +129,52 @@ if triton is not None:
             qw2 = tl.load(norm_ptr + HALF + offs).to(tl.float32)
             kw1 = tl.load(norm_ptr + D + offs).to(tl.float32)
             kw2 = tl.load(norm_ptr + D + HALF + offs).to(tl.float32)
-        src_base = src_ptr + src[:, None] * stride_src + SRC_HEAD * D + offs
-        dst_base = dst_ptr + rows[:, None].to(tl.int64) * stride_dst + offs
+        row_base = qkv_ptr + rows[:, None].to(tl.int64) * stride_qkv + offs
         for head in tl.static_range(HQ + HK):
-            y1 = tl.load(src_base + head * D, mask=row_ok, other=0.0).to(tl.float32)
-            y2 = tl.load(src_base + head * D + HALF, mask=row_ok, other=0.0).to(tl.float32)
+            base = row_base + head * D
+            y1 = tl.load(base, mask=row_ok, other=0.0).to(tl.float32)
+            y2 = tl.load(base + HALF, mask=row_ok, other=0.0).to(tl.float32)
             if QK_NORM:
                 r = tl.rsqrt((tl.sum(y1 * y1, axis=1) + tl.sum(y2 * y2, axis=1)) / D + eps)[:, None]
                 if head < HQ:
                     y1, y2 = y1 * r * qw1, y2 * r * qw2
                 else:
                     y1, y2 = y1 * r * kw1, y2 * r * kw2
-            tl.store(dst_base + head * D, (y1 * cos1 - y2 * sin1).to(dst_ptr.dtype.element_ty), mask=row_ok)
-            tl.store(dst_base + head * D + HALF, (y2 * cos2 + y1 * sin2).to(dst_ptr.dtype.element_ty), mask=row_ok)
-        for head in tl.static_range(HQ + HK, HQ + HK + HV):
-            tl.store(dst_base + head * D, tl.load(src_base + head * D, mask=row_ok, other=0.0), mask=row_ok)
-            tl.store(dst_base + head * D + HALF, tl.load(src_base + head * D + HALF, mask=row_ok, other=0.0), mask=row_ok)
+            tl.store(base, (y1 * cos1 - y2 * sin1).to(qkv_ptr.dtype.element_ty), mask=row_ok)
+            tl.store(base + HALF, (y2 * cos2 + y1 * sin2).to(qkv_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
+    def _kv_gather_rope_kernel(qkv_ptr, out_ptr, src_ptr, norm_ptr, cos_ptr, sin_ptr, R, stride_qkv, stride_out, stride_cs, eps,
+                               HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr, ROWS: tl.constexpr):
+        """Row r of out = [k_norm + rotary of the keys, the values] of qkv's row src[r]: the keys and
+        values each sequence attends to, gathered into the layout the varlen kernel reads (a shared
+        prefix's rows once per sequence that continues it), in the pass that rotates them."""
+        HALF: tl.constexpr = D // 2
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        row_ok = (rows < R)[:, None]
+        src = tl.load(src_ptr + rows, mask=rows < R, other=0).to(tl.int64)
+        offs = tl.arange(0, HALF)[None, :]
+        cs = src[:, None] * stride_cs + offs
+        cos1 = tl.load(cos_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
+        cos2 = tl.load(cos_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
+        sin1 = tl.load(sin_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
+        sin2 = tl.load(sin_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
+        if QK_NORM:
+            kw1 = tl.load(norm_ptr + D + offs).to(tl.float32)
+            kw2 = tl.load(norm_ptr + D + HALF + offs).to(tl.float32)
+        src_base = qkv_ptr + src[:, None] * stride_qkv + HQ * D + offs
+        out_base = out_ptr + rows[:, None].to(tl.int64) * stride_out + offs
+        for head in tl.static_range(HK):
+            y1 = tl.load(src_base + head * D, mask=row_ok, other=0.0).to(tl.float32)
+            y2 = tl.load(src_base + head * D + HALF, mask=row_ok, other=0.0).to(tl.float32)
+            if QK_NORM:
+                r = tl.rsqrt((tl.sum(y1 * y1, axis=1) + tl.sum(y2 * y2, axis=1)) / D + eps)[:, None]
+                y1, y2 = y1 * r * kw1, y2 * r * kw2
+            tl.store(out_base + head * D, (y1 * cos1 - y2 * sin1).to(out_ptr.dtype.element_ty), mask=row_ok)
+            tl.store(out_base + head * D + HALF, (y2 * cos2 + y1 * sin2).to(out_ptr.dtype.element_ty), mask=row_ok)
+        for head in tl.static_range(HK, 2 * HK):
+            tl.store(out_base + head * D, tl.load(src_base + head * D, mask=row_ok, other=0.0), mask=row_ok)
+            tl.store(out_base + head * D + HALF, tl.load(src_base + head * D + HALF, mask=row_ok, other=0.0), mask=row_ok)
 
     @triton.jit
     def _prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, blocks_ptr, seqs_ptr, n_blocks, n_seqs, stride_qt, stride_qh,
@@ -251,9 +273,9 @@ def qk_norm_rope_(qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Te
     [M, head_dim]) on the query and key heads."""
     M = qkv.shape[0]
     rows = rows or (8 if kv_heads == 0 else 32)  # the queries alone (keys gathered apart): measured faster in 8-row programs
-    _rope_kernel[(triton.cdiv(M, rows),)](
-        qkv, qkv, qkv, qk_norm if qk_norm is not None else cos, cos, sin, M, qkv.stride(0), qkv.stride(0), cos.stride(0), eps,
-        SRC_HEAD=0, HQ=heads, HK=kv_heads, HV=0, D=head_dim, QK_NORM=qk_norm is not None, GATHER=False, ROWS=rows, num_warps=warps)
+    _qk_rope_kernel[(triton.cdiv(M, rows),)](
+        qkv, qk_norm if qk_norm is not None else cos, cos, sin, M, qkv.stride(0), cos.stride(0), eps, HQ=heads, HK=kv_heads,
+        D=head_dim, QK_NORM=qk_norm is not None, ROWS=rows, num_warps=warps)
     return qkv
 
 
@@ -265,10 +287,9 @@ def kv_gather_rope(qkv: torch.Tensor, rows: torch.Tensor, qk_norm: torch.Tensor 
     then the key heads, then the value heads; ``qkv`` is not modified."""
     R, width = rows.shape[0], 2 * kv_heads * head_dim
     out = qkv.new_empty(R, width) if out is None else out
-    _rope_kernel[(triton.cdiv(R, block),)](
+    _kv_gather_rope_kernel[(triton.cdiv(R, block),)](
         qkv, out, rows, qk_norm if qk_norm is not None else cos, cos, sin, R, qkv.stride(0), out.stride(0), cos.stride(0), eps,
-        SRC_HEAD=heads, HQ=0, HK=kv_heads, HV=kv_heads, D=head_dim, QK_NORM=qk_norm is not None, GATHER=True, ROWS=block,
-        num_warps=warps)
+        HQ=heads, HK=kv_heads, D=head_dim, QK_NORM=qk_norm is not None, ROWS=block, num_warps=warps)
     return out
 
 
