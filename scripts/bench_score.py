@@ -249,6 +249,8 @@ def bench_gpu(args) -> dict:
 
     from seqcls.runtime import Scorer
 
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_score.py --gpu needs a CUDA GPU; --cpu runs the CPU comparison.")
     torch.backends.cuda.matmul.allow_tf32 = True
     folder, seqs = gpu_workload(args.workdir, args.pairs, args.seed)
     tokens = sum(map(len, seqs))

@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cpu:
         return profile_cpu(args)
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_score.py profiles a GPU pass and needs a CUDA GPU; use --cpu for the CPU workload.")
     if args.attention:
         print(bench_score.table(attention_probe(), [("kernel", "attention kernel, one 64k-token pack", ""), ("ms", "ms", ".2f"),
                                                    ("tflops", "TFLOP/s", ".0f"), ("max_diff_vs_flash", "max diff", ".2e"), ("error", "error", "")]))

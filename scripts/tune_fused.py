@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_out")
     parser.add_argument("--attention", action="store_true", help="time packed attention (flash varlen vs the prefix kernel)")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("tune_fused.py times the fused decoder's CUDA kernels: it needs a CUDA GPU.")
     torch.manual_seed(0)
     if args.attention:
         rows = attention(fused)
