@@ -336,8 +336,9 @@ def silu_mul(gu: torch.Tensor, rows: int = 4, block: int = 1024, warps: int = 4)
 
 def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``rms_norm`` with PyTorch's ops (the CPU's): the fused op in float32; in lower precision
-    transformers' arithmetic (float32, rounded, then times the weight) in place on one float32 copy,
-    which is both faster on CPU than the fused op there and rounds as transformers does."""
+    transformers' order of operations (normalise in float32, round, then times the weight) in place on
+    one float32 copy, faster on CPU than the fused op there. The mean square comes from
+    ``vector_norm`` squared, so an output can differ from transformers' by one step of the dtype."""
     if x.dtype == torch.float32:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     wide = x.float()
