@@ -18,6 +18,12 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a test subprocess: this checkout's package first on PYTHONPATH, plus ``extra``."""
+    path = os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
 SCRIPT = r"""
 import json, sys, torch
 import torch.nn.functional as F
@@ -120,8 +126,7 @@ print(json.dumps({"max_diff": max(diffs), "last_diff": max(last_diffs), "rows": 
 def test_fused_kernels_match_transformers_layers(arch, kernels):
     if kernels == "triton":
         pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1" if kernels == "triton" else "0",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")])))
+    env = _env(TRITON_INTERPRET="1" if kernels == "triton" else "0")
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE), arch, "0", kernels], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -202,8 +207,7 @@ def test_prefix_attention_kernel_matches_reference():
     """The Triton attention that reads shared prefixes in place (GPU packs with a shared prefix), run by
     Triton's interpreter in float32, against float64 attention over each sequence's prefix + own keys."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")])))
+    env = _env(TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -218,7 +222,7 @@ def test_gpu_prefix_attention_kernel_matches_reference():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent / "convert"), os.environ.get("PYTHONPATH")])))
+    env = _env()
     run = subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT, "cuda", "bfloat16"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
