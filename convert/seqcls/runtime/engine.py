@@ -358,9 +358,10 @@ class DeviceEngine:
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         self.use_flash = self.backend == "packed" and flash_supported(device, dtype, head_dim)
         self.supports_prefix = self.backend == "packed"
-        # On CUDA, prefix-free sequences run as length-sorted right-padded batches with dense attention
-        # (cuDNN/flash SDPA, several times faster per FLOP than varlen flash on short sequences);
-        # packs that share a prefix stay packed. backend="packed" forces varlen packing throughout.
+        # On CUDA without the fused decoder's attention kernel, prefix-free sequences run as
+        # length-sorted right-padded batches with dense attention (cuDNN/flash SDPA, several times
+        # faster per FLOP than varlen flash on short sequences); packs that share a prefix stay packed.
+        # With the kernel every pack is packed (no padding). backend="packed" forces packing throughout.
         self.softcap = getattr(text_config, "attn_logit_softcapping", None)
         window = getattr(text_config, "sliding_window", None)
         layer_types = getattr(text_config, "layer_types", None)
@@ -380,6 +381,7 @@ class DeviceEngine:
         self.prefix_blocks = 0
         if self.fused is not None and self.fused.kernels == "triton" and self.use_flash:
             self.prefix_blocks = fused_module.ATTENTION_BLOCK_M
+            self.dense = False  # the kernel beats padded cuDNN batches on prefix-free packs too
         if compile == "auto":
             compile = device.type == "cuda" and _has_triton()
         if compile and self.backend == "packed" and self.fused is None:
@@ -426,9 +428,9 @@ class DeviceEngine:
         seq_spans = [spans[j] if j >= 0 else (0, 0) for j in prefix_of]
         offsets = [0] * len(prefixes) + [n for _, n in seq_spans]
         ids, pos, lengths = self._stream(stream, offsets)
-        # packs with a shared prefix read its keys/values in place through the Triton attention kernel,
-        # where no sliding window cuts a sequence's keys
-        blocks = self.prefix_blocks if prefixes else 0
+        # packs attend through the Triton attention kernel (shared prefixes' keys/values read in
+        # place), except where a sliding window cuts a sequence's keys
+        blocks = self.prefix_blocks
         if blocks and self.window is not None and max(len(s) + n for s, (_, n) in zip(seqs, seq_spans)) > self.window:
             blocks = 0
         ctx = PackContext.build(lengths, self.device, use_flash=self.use_flash, prefixes=[(0, 0)] * len(prefixes) + seq_spans,
