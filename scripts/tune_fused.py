@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=65536)
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--settings", type=int, default=0, help="--gate-up/--qkv: time only the first N settings after the current one")
     parser.add_argument("--attention", action="store_true", help="time packed attention (flash varlen vs the prefix kernel)")
     parser.add_argument("--gate-up", action="store_true", help="time the fused gate/up + SiLU·mul kernel against cuBLAS + SiLU·mul")
     parser.add_argument("--qkv", action="store_true", help="time the fused q/k/v + norm + rotary kernel against cuBLAS + that kernel")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("tune_fused.py times the fused decoder's CUDA kernels: it needs a CUDA GPU.")
     torch.manual_seed(0)
     if args.attention or args.gate_up or args.qkv:
-        rows = attention(fused) if args.attention else gate_up(fused, args.tokens) if args.gate_up else qkv(fused, args.tokens)
+        rows = attention(fused) if args.attention else (tune_gate_up if args.gate_up else tune_qkv)(fused, args.tokens, args.settings)
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
         return 0
@@ -172,7 +173,7 @@ def recorder(out: list[dict], flops: int, reference):
     return record
 
 
-def qkv(fused, tokens: int) -> list[dict]:
+def tune_qkv(fused, tokens: int, limit: int = 0) -> list[dict]:
     """The Qwen3-0.6B attention's q/k/v product with q/k norm and rotary on ``tokens`` rows: cuBLAS +
     ``qk_norm_rope_`` against ``qkv_rope`` under each launch setting."""
     import torch
@@ -190,13 +191,13 @@ def qkv(fused, tokens: int) -> list[dict]:
     record("cuBLAS q/k/v product + qk_norm_rope_", lambda: fused.qk_norm_rope_(F.linear(h, w), qk_norm, cos, sin, heads, kv, d, 1e-6))
     record("cuBLAS q/k/v product alone (not normalised: its diff is meaningless)", lambda: F.linear(h, w))
     names = ("QKV_BLOCK_M", "QKV_BLOCK_K", "QKV_GROUP_M", "QKV_STAGES", "QKV_WARPS")
-    settings = [(128, 64, 8, 4, 8), (128, 64, 8, 3, 4), (128, 64, 8, 4, 4), (64, 64, 8, 4, 4), (256, 64, 8, 3, 8),
+    settings = [(128, 64, 8, 4, 4), (128, 64, 8, 4, 8), (128, 64, 8, 3, 4), (64, 64, 8, 4, 4), (256, 64, 8, 3, 8),
                 (128, 128, 8, 3, 8), (128, 32, 8, 5, 8), (128, 64, 16, 3, 8)]
-    sweep(fused, names, settings, "qkv_rope", lambda: fused.qkv_rope(h, w, None, qk_norm, cos, sin, heads, kv, d, 1e-6), record)
+    sweep(fused, names, settings[:limit or None], "qkv_rope", lambda: fused.qkv_rope(h, w, None, qk_norm, cos, sin, heads, kv, d, 1e-6), record)
     return out
 
 
-def gate_up(fused, tokens: int) -> list[dict]:
+def tune_gate_up(fused, tokens: int, limit: int = 0) -> list[dict]:
     """The Qwen3-0.6B MLP's gate/up product and activation on ``tokens`` rows: cuBLAS + ``silu_mul``
     against ``gate_up_silu`` under each launch setting (block m, n, k, row tiles per group, stages, warps)."""
     import torch
@@ -212,10 +213,10 @@ def gate_up(fused, tokens: int) -> list[dict]:
     record("cuBLAS gate/up product + silu_mul", lambda: fused.silu_mul(F.linear(h, wgu)))
     record("cuBLAS gate/up product alone (its diff is meaningless)", lambda: F.linear(h, wgu).narrow(1, 0, inter))
     names = ("GATE_UP_BLOCK_M", "GATE_UP_BLOCK_N", "GATE_UP_BLOCK_K", "GATE_UP_GROUP_M", "GATE_UP_STAGES", "GATE_UP_WARPS")
-    settings = [(128, 128, 64, 8, 4, 8), (128, 128, 64, 16, 3, 8), (128, 128, 64, 4, 3, 8), (128, 64, 64, 8, 4, 4),
+    settings = [(128, 64, 64, 8, 4, 4), (128, 128, 64, 8, 4, 8), (128, 128, 64, 16, 3, 8), (128, 128, 64, 4, 3, 8),
                 (128, 64, 64, 8, 3, 4), (64, 128, 64, 8, 4, 4), (256, 64, 64, 8, 3, 8), (128, 128, 32, 8, 5, 8),
                 (128, 64, 128, 8, 3, 8)]
-    sweep(fused, names, settings, "gate_up_silu", lambda: fused.gate_up_silu(h, wgu), record)
+    sweep(fused, names, settings[:limit or None], "gate_up_silu", lambda: fused.gate_up_silu(h, wgu), record)
     return out
 
 
