@@ -11,19 +11,13 @@ documents of 64-256 tokens plus a 12-token suffix continuing it) and on the same
 whole: flash-attention varlen (with the gather of each sequence's prefix rows that it needs) against
 ``fused.prefix_attention`` under each launch setting, in TFLOP/s of causal attention actually needed.
 
-``--gate-up`` times the MLP's first half: cuBLAS's gate/up product followed by the SiLU·mul kernel,
-against ``fused.gate_up_silu`` (both in one persistent Triton kernel) under each launch setting.
-``--qkv`` does the same for the q/k/v product followed by the q/k-norm + rotary kernel, against
-``fused.qkv_rope``.
-
-    python scripts/tune_fused.py [--tokens 65536] [--attention | --gate-up | --qkv] [--json out.json]
+    python scripts/tune_fused.py [--tokens 65536] [--attention] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -48,16 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=65536)
     parser.add_argument("--json", dest="json_out")
-    parser.add_argument("--settings", type=int, default=0, help="--gate-up/--qkv: time only the first N settings after the current one")
     parser.add_argument("--attention", action="store_true", help="time packed attention (flash varlen vs the prefix kernel)")
-    parser.add_argument("--gate-up", action="store_true", help="time the fused gate/up + SiLU·mul kernel against cuBLAS + SiLU·mul")
-    parser.add_argument("--qkv", action="store_true", help="time the fused q/k/v + norm + rotary kernel against cuBLAS + that kernel")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("tune_fused.py times the fused decoder's CUDA kernels: it needs a CUDA GPU.")
     torch.manual_seed(0)
-    if args.attention or args.gate_up or args.qkv:
-        rows = attention(fused) if args.attention else (tune_gate_up if args.gate_up else tune_qkv)(fused, args.tokens, args.settings)
+    if args.attention:
+        rows = attention(fused)
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
         return 0
@@ -143,81 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "tokens": M, "rows": rows, "errors": errors}, indent=1))
     return 0
-
-
-def sweep(fused, names: tuple[str, ...], settings: list[tuple], label: str, fn, record) -> None:
-    """Time ``fn`` under each setting of the module constants ``names`` (the first: the current one)."""
-    saved = tuple(getattr(fused, n) for n in names)
-    prefix = len(os.path.commonprefix(names))
-    for setting in [saved] + settings:
-        for n, value in zip(names, setting):
-            setattr(fused, n, value)
-        name = label + " " + " ".join(f"{n[prefix:].lower()}={v}" for n, v in zip(names, setting))
-        try:
-            record(name, fn)
-        except Exception as exc:  # a setting that does not fit the GPU's shared memory
-            print(f"{name}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-    for n, value in zip(names, saved):
-        setattr(fused, n, value)
-
-
-def recorder(out: list[dict], flops: int, reference):
-    """A function timing a kernel and checking it against ``reference`` (float32), rows into ``out``."""
-
-    def record(name, fn):
-        error = float((fn().float() - reference).abs().max())
-        ms = cuda_ms(fn)
-        out.append({"kernel": name, "ms": ms, "tflops": flops / ms / 1e9, "max_diff_vs_fp32": error})
-        print(f"{name:78s} {ms:7.3f} ms {out[-1]['tflops']:6.1f} TFLOP/s (|diff| vs fp32 {error:.4f})", flush=True)
-
-    return record
-
-
-def tune_qkv(fused, tokens: int, limit: int = 0) -> list[dict]:
-    """The Qwen3-0.6B attention's q/k/v product with q/k norm and rotary on ``tokens`` rows: cuBLAS +
-    ``qk_norm_rope_`` against ``qkv_rope`` under each launch setting."""
-    import torch
-    import torch.nn.functional as F
-
-    hidden, heads, kv, d = 1024, 16, 8, 128
-    h = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    w = (torch.randn((heads + 2 * kv) * d, hidden, device="cuda") * hidden ** -0.5).to(torch.bfloat16)
-    qk_norm = torch.rand(2 * d, device="cuda", dtype=torch.bfloat16) + 0.5
-    angles = torch.rand(tokens, d // 2, device="cuda") * 6
-    cos, sin = (torch.cat([f(angles)] * 2, -1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
-    reference = fused.torch_qk_norm_rope_(h.float() @ w.float().T, qk_norm.float(), cos.float(), sin.float(), heads, kv, d, 1e-6)
-    out: list[dict] = []
-    record = recorder(out, 2 * tokens * hidden * w.shape[0], reference)
-    record("cuBLAS q/k/v product + qk_norm_rope_", lambda: fused.qk_norm_rope_(F.linear(h, w), qk_norm, cos, sin, heads, kv, d, 1e-6))
-    record("cuBLAS q/k/v product alone (not normalised: its diff is meaningless)", lambda: F.linear(h, w))
-    names = ("QKV_BLOCK_M", "QKV_BLOCK_K", "QKV_GROUP_M", "QKV_STAGES", "QKV_WARPS")
-    settings = [(128, 64, 8, 4, 4), (128, 64, 8, 4, 8), (128, 64, 8, 3, 4), (64, 64, 8, 4, 4), (256, 64, 8, 3, 8),
-                (128, 128, 8, 3, 8), (128, 32, 8, 5, 8), (128, 64, 16, 3, 8)]
-    sweep(fused, names, settings[:limit or None], "qkv_rope", lambda: fused.qkv_rope(h, w, None, qk_norm, cos, sin, heads, kv, d, 1e-6), record)
-    return out
-
-
-def tune_gate_up(fused, tokens: int, limit: int = 0) -> list[dict]:
-    """The Qwen3-0.6B MLP's gate/up product and activation on ``tokens`` rows: cuBLAS + ``silu_mul``
-    against ``gate_up_silu`` under each launch setting (block m, n, k, row tiles per group, stages, warps)."""
-    import torch
-    import torch.nn.functional as F
-
-    hidden, inter = 1024, 3072
-    h = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    wgu = (torch.randn(2 * inter, hidden, device="cuda") * hidden ** -0.5).to(torch.bfloat16)
-    gu = h.float() @ wgu.float().T
-    reference = F.silu(gu[:, :inter]) * gu[:, inter:]
-    out: list[dict] = []
-    record = recorder(out, 2 * tokens * hidden * 2 * inter, reference)
-    record("cuBLAS gate/up product + silu_mul", lambda: fused.silu_mul(F.linear(h, wgu)))
-    record("cuBLAS gate/up product alone (its diff is meaningless)", lambda: F.linear(h, wgu).narrow(1, 0, inter))
-    names = ("GATE_UP_BLOCK_M", "GATE_UP_BLOCK_N", "GATE_UP_BLOCK_K", "GATE_UP_GROUP_M", "GATE_UP_STAGES", "GATE_UP_WARPS")
-    settings = [(128, 64, 64, 8, 4, 4), (128, 128, 64, 8, 4, 8), (128, 128, 64, 16, 3, 8), (128, 128, 64, 4, 3, 8),
-                (128, 64, 64, 8, 3, 4), (64, 128, 64, 8, 4, 4), (256, 64, 64, 8, 3, 8), (128, 128, 32, 8, 5, 8),
-                (128, 64, 128, 8, 3, 8)]
-    sweep(fused, names, settings[:limit or None], "gate_up_silu", lambda: fused.gate_up_silu(h, wgu), record)
-    return out
 
 
 def attention(fused) -> list[dict]:

@@ -291,7 +291,8 @@ def test_packed_padded_and_shared_prefix_paths_agree(runtime_models):
     }.items():
         scorer = seqcls.Scorer(folder, device="cpu", **kwargs)
         results[name] = torch.tensor(scorer.score(queries, docs, raw=True).logits)
-    # the GPU default: prefix-free sequences as sorted padded batches through SDPA on the packed model
+    # the GPU layout without the fused decoder's attention kernel: prefix-free sequences as sorted
+    # padded batches through SDPA on the packed model
     scorer = seqcls.Scorer(folder, device="cpu")
     scorer.engine.replicas[0].dense = True
     from seqcls.runtime.engine import PrefixGroup
@@ -715,10 +716,7 @@ def test_gpu_fused_decoder_matches_transformers(fused_models, arch, monkeypatch)
     noise = (unfused - cpu_reference).abs().max()
     for kwargs in (dict(), dict(shared_prefix=False), dict(backend="packed"), dict(batch_tokens=160)):
         scorer = seqcls.Scorer(folder, device="cuda:0", **kwargs)
-        decoder = scorer.engine.replicas[0].fused
-        assert decoder is not None
-        hopper = torch.cuda.get_device_capability()[0] >= 9  # the products with their epilogues (TMA)
-        assert decoder.gate_up == hopper and decoder.qkv_fused == hopper
+        assert scorer.engine.replicas[0].fused is not None
         calls.clear()
         got = torch.tensor(scorer.score(queries, docs, raw=True).scores)
         # every pack attends through the Triton kernel, with or without shared prefixes (Mistral: its

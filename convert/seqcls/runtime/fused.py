@@ -8,7 +8,8 @@ no compilation:
 1. RMSNorm (Triton, one pass over each row);
 2. ``h @ Wqkv^T`` (cuBLAS, biases in its epilogue);
 3. q/k RMSNorm and the rotary embedding, in place on the q/k heads (Triton, one pass);
-4. attention (the engine's: dense cuDNN/flash SDPA on padded batches, varlen flash on packed streams);
+4. attention (the engine's: seqcls's Triton kernel on packed streams, see below; dense cuDNN/flash SDPA
+   on padded batches);
 5. ``x += o @ Wo^T`` (cuBLAS ``addmm_`` in place: the residual add is the GEMM's epilogue, and the
    residual stream is not copied first);
 6. RMSNorm;
@@ -16,9 +17,9 @@ no compilation:
 8. SiLU(g) * u (Triton);
 9. ``x += a @ Wd^T`` (cuBLAS ``addmm_``).
 
-In packs where sequences continue a shared prefix, step 4 is seqcls's own Triton attention
-(``prefix_attention``): each sequence's queries read the prefix's keys and values where they sit in
-the stream, then their own, so nothing is gathered. Where that kernel is not used (a sliding window
+On CUDA, step 4 is seqcls's own Triton attention (``prefix_attention``) on packed streams: each
+sequence's queries read its shared prefix's keys and values (if any) where they sit in the stream,
+then their own, so nothing is gathered and nothing is padded. Where that kernel is not used (a sliding window
 that binds) and in the last layer, whose queries are one row per sequence for flash varlen, step 3
 instead writes each sequence's rotated keys and its values straight into the varlen layout, the
 prefix's rows once per sequence (``kv_gather_rope``).
@@ -52,10 +53,6 @@ try:  # Triton ships with CUDA builds of torch; without it nothing here is used
 except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
     tl = None
-try:  # TMA descriptors (Triton 3.4+), for the fused gate/up product
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - older Triton
-    TensorDescriptor = None
 
 
 def supported(model: Any, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -259,76 +256,6 @@ if triton is not None:
         tl.store(out, (g * tl.sigmoid(g) * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-    @triton.jit
-    def _gate_up_silu_kernel(a_desc, g_desc, u_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                             GROUP_M: tl.constexpr, STAGES: tl.constexpr, PROGRAMS: tl.constexpr):
-        """c = silu(a @ Wg^T) * (a @ Wu^T), a [M, K], Wg/Wu [N, K], c [M, N]: both products of a BM x BN
-        output tile from one pass over a (TMA loads), the activation applied to the float32 sums and
-        rounded once. Persistent: PROGRAMS programs walk the tiles, GROUP_M row tiles at a time so
-        that the weight tiles they share stay in L2."""
-        tiles_m = tl.cdiv(M, BM)
-        tiles_n = tl.cdiv(N, BN)
-        per_group = GROUP_M * tiles_n
-        for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, PROGRAMS, flatten=True):
-            first_m = (tile // per_group) * GROUP_M
-            rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
-            off_m = (first_m + (tile % per_group) % rows_in_group) * BM
-            off_n = ((tile % per_group) // rows_in_group) * BN
-            g = tl.zeros((BM, BN), tl.float32)
-            u = tl.zeros((BM, BN), tl.float32)
-            for k in tl.range(0, K, BK, num_stages=STAGES):
-                a = a_desc.load([off_m, k])
-                g = tl.dot(a, g_desc.load([off_n, k]).T, g)
-                u = tl.dot(a, u_desc.load([off_n, k]).T, u)
-            c_desc.store([off_m, off_n], (g * tl.sigmoid(g) * u).to(c_desc.dtype))
-
-
-    @triton.jit
-    def _qkv_rope_kernel(a_desc, w_desc, c_desc, bias_ptr, norm_ptr, cos_ptr, sin_ptr, M, K, stride_cs, eps, HQ: tl.constexpr,
-                         HK: tl.constexpr, HV: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                         GROUP_M: tl.constexpr, STAGES: tl.constexpr, PROGRAMS: tl.constexpr, QK_NORM: tl.constexpr,
-                         HAS_BIAS: tl.constexpr):
-        """qkv = a @ Wqkv^T (+ bias) with the q/k RMSNorm and the rotary embedding applied to the query
-        and key heads in the epilogue (``qk_norm_rope_``'s arithmetic, on the float32 sums). One tile is
-        BM rows of one head, its two halves (the columns rotary pairs) in two accumulators, so the
-        epilogue needs no shuffle. Persistent, GROUP_M row tiles at a time (the weight stays in L2)."""
-        HALF: tl.constexpr = D // 2
-        tiles_m = tl.cdiv(M, BM)
-        heads: tl.constexpr = HQ + HK + HV
-        per_group = GROUP_M * heads
-        cols = tl.arange(0, HALF)[None, :]
-        for tile in tl.range(tl.program_id(0), tiles_m * heads, PROGRAMS, flatten=True):
-            first_m = (tile // per_group) * GROUP_M
-            rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
-            off_m = (first_m + (tile % per_group) % rows_in_group) * BM
-            head = (tile % per_group) // rows_in_group
-            lo = tl.zeros((BM, HALF), tl.float32)
-            hi = tl.zeros((BM, HALF), tl.float32)
-            for k in tl.range(0, K, BK, num_stages=STAGES):
-                a = a_desc.load([off_m, k])
-                lo = tl.dot(a, w_desc.load([head * D, k]).T, lo)
-                hi = tl.dot(a, w_desc.load([head * D + HALF, k]).T, hi)
-            if HAS_BIAS:
-                lo += tl.load(bias_ptr + head * D + cols).to(tl.float32)
-                hi += tl.load(bias_ptr + head * D + HALF + cols).to(tl.float32)
-            if head < HQ + HK:
-                rows = off_m + tl.arange(0, BM)
-                row_ok = (rows < M)[:, None]
-                cs = rows[:, None].to(tl.int64) * stride_cs + cols
-                if QK_NORM:
-                    w = tl.where(head < HQ, 0, D)
-                    r = tl.rsqrt((tl.sum(lo * lo, axis=1) + tl.sum(hi * hi, axis=1)) / D + eps)[:, None]
-                    lo = lo * r * tl.load(norm_ptr + w + cols).to(tl.float32)
-                    hi = hi * r * tl.load(norm_ptr + w + HALF + cols).to(tl.float32)
-                cos1 = tl.load(cos_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
-                cos2 = tl.load(cos_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
-                sin1 = tl.load(sin_ptr + cs, mask=row_ok, other=0.0).to(tl.float32)
-                sin2 = tl.load(sin_ptr + cs + HALF, mask=row_ok, other=0.0).to(tl.float32)
-                lo, hi = lo * cos1 - hi * sin1, hi * cos2 + lo * sin2
-            c_desc.store([off_m, head * D], lo.to(c_desc.dtype))
-            c_desc.store([off_m, head * D + HALF], hi.to(c_desc.dtype))
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' Llama RMSNorm of each row of ``x`` [M, N]."""
     M, N = x.shape
@@ -395,62 +322,6 @@ def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: 
         q, k, v, out, blocks, seqs, blocks.shape[1], seqs.shape[1], q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         out.stride(0), out.stride(1), scaling * 1.4426950408889634, G=H // k.shape[1], GP=packed, D=D, BLOCK_M=ATTENTION_BLOCK_M,
         BLOCK_N=ATTENTION_BLOCK_N, num_warps=ATTENTION_WARPS, num_stages=ATTENTION_STAGES)
-    return out
-
-
-# ``gate_up_silu``: output tile rows and columns, K step, row tiles per group, pipeline stages and
-# warps; tuned on an H100 (scripts/tune_fused.py --gate-up)
-GATE_UP_BLOCK_M, GATE_UP_BLOCK_N, GATE_UP_BLOCK_K, GATE_UP_GROUP_M, GATE_UP_STAGES, GATE_UP_WARPS = 128, 128, 64, 8, 3, 8
-
-
-def products_supported(device: torch.device, hidden: int, inter: int) -> bool:
-    """Whether ``gate_up_silu`` and ``qkv_rope`` run on ``device``: a Hopper-class GPU (TMA) and row strides that are
-    multiples of 16 bytes."""
-    if triton is None or TensorDescriptor is None or device.type != "cuda" or hidden % 8 or inter % 8:
-        return False
-    return torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def gate_up_silu(h: torch.Tensor, wgu: torch.Tensor, programs: int | None = None) -> torch.Tensor:
-    """silu(h @ Wg^T) * (h @ Wu^T) for h [M, K] and the stacked gate/up weight ``wgu`` [2N, K] -> [M, N]
-    in one kernel: the [M, 2N] product never reaches memory (``F.linear`` + ``silu_mul`` in one pass)."""
-    M, K = h.shape
-    N = wgu.shape[0] // 2
-    out = h.new_empty(M, N)
-    bm, bn, bk = GATE_UP_BLOCK_M, GATE_UP_BLOCK_N, GATE_UP_BLOCK_K
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    if programs is None:
-        programs = torch.cuda.get_device_properties(h.device).multi_processor_count if h.is_cuda else 4
-    programs = min(tiles, programs)
-    _gate_up_silu_kernel[(programs,)](
-        TensorDescriptor.from_tensor(h, [bm, bk]), TensorDescriptor.from_tensor(wgu[:N], [bn, bk]),
-        TensorDescriptor.from_tensor(wgu[N:], [bn, bk]), TensorDescriptor.from_tensor(out, [bm, bn]), M, N, K, BM=bm, BN=bn, BK=bk,
-        GROUP_M=GATE_UP_GROUP_M, STAGES=GATE_UP_STAGES, PROGRAMS=programs, num_warps=GATE_UP_WARPS)
-    return out
-
-
-# ``qkv_rope``: rows per tile (its columns are one head), K step, row tiles per group, stages, warps;
-# tuned on an H100 (scripts/tune_fused.py --qkv)
-QKV_BLOCK_M, QKV_BLOCK_K, QKV_GROUP_M, QKV_STAGES, QKV_WARPS = 128, 64, 8, 3, 8
-
-
-def qkv_rope(h: torch.Tensor, wqkv: torch.Tensor, bias: torch.Tensor | None, qk_norm: torch.Tensor | None, cos: torch.Tensor,
-             sin: torch.Tensor, heads: int, kv_heads: int, head_dim: int, eps: float, programs: int | None = None) -> torch.Tensor:
-    """``F.linear(h, wqkv, bias)`` followed by ``qk_norm_rope_`` on it, in one kernel: [M, (heads + 2
-    kv_heads) * head_dim] with the query and key heads normalised (``qk_norm``, or None) and rotated
-    (``cos``/``sin`` [M, head_dim]); the values as the product gives them."""
-    M, K = h.shape
-    out = h.new_empty(M, wqkv.shape[0])
-    bm, bk, half = QKV_BLOCK_M, QKV_BLOCK_K, head_dim // 2
-    tiles = triton.cdiv(M, bm) * (heads + 2 * kv_heads)
-    if programs is None:
-        programs = torch.cuda.get_device_properties(h.device).multi_processor_count if h.is_cuda else 4
-    programs = min(tiles, programs)
-    _qkv_rope_kernel[(programs,)](
-        TensorDescriptor.from_tensor(h, [bm, bk]), TensorDescriptor.from_tensor(wqkv, [half, bk]),
-        TensorDescriptor.from_tensor(out, [bm, half]), bias if bias is not None else cos, qk_norm if qk_norm is not None else cos,
-        cos, sin, M, K, cos.stride(0), eps, HQ=heads, HK=kv_heads, HV=kv_heads, D=head_dim, BM=bm, BK=bk, GROUP_M=QKV_GROUP_M,
-        STAGES=QKV_STAGES, PROGRAMS=programs, QK_NORM=qk_norm is not None, HAS_BIAS=bias is not None, num_warps=QKV_WARPS)
     return out
 
 
@@ -521,7 +392,7 @@ class FusedDecoder:
     ``triton`` (the default on CUDA) or ``torch`` (the default elsewhere).
     """
 
-    def __init__(self, model: Any, kernels: str | None = None, block_rows: int | None = None, products: bool | None = None):
+    def __init__(self, model: Any, kernels: str | None = None, block_rows: int | None = None):
         device = next(model.parameters()).device
         reason = supported(model, device, next(model.parameters()).dtype)
         if reason:
@@ -534,15 +405,6 @@ class FusedDecoder:
         # intermediates stay in cache and are never large fresh allocations
         cpu_rows = CPU_BLOCK_ROWS if next(model.parameters()).dtype == torch.float32 else CPU_BLOCK_ROWS_LOW_PRECISION
         self.block_rows = block_rows or (cpu_rows if self.kernels == "torch" else None)
-        # ``products``: the q/k/v product with the q/k norm and rotary, and the gate/up product with
-        # SiLU·mul, each as one Triton kernel (None: where they run, i.e. Hopper-class GPUs; True
-        # forces them, as the CPU tests do under Triton's interpreter)
-        mlp = model.model.layers[0].mlp
-        if products is None:
-            products = products_supported(device, int(model.config.hidden_size), int(mlp.gate_proj.weight.shape[0]))
-        products = bool(products) and self.kernels == "triton"
-        self.qkv_fused = products
-        self.gate_up = products and getattr(mlp.gate_proj, "bias", None) is None and getattr(mlp.up_proj, "bias", None) is None
         config = model.config
         backbone = model.model
         self.embed = backbone.embed_tokens
@@ -598,16 +460,11 @@ class FusedDecoder:
         else:
             gathered = None if kv_rows is None else x.new_empty(kv_rows.shape[0], 2 * nk)  # reused by every layer
             for p in layers:
-                h = self.rms_norm(x, p["in_norm"], p["in_eps"])
-                if kv_rows is None and self.qkv_fused:
-                    qkv = qkv_rope(h, p["wqkv"], p["bqkv"], p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
-                    q, k, v = self._split(qkv)
-                elif kv_rows is None:
-                    qkv = F.linear(h, p["wqkv"], p["bqkv"])
+                qkv = F.linear(self.rms_norm(x, p["in_norm"], p["in_eps"]), p["wqkv"], p["bqkv"])
+                if kv_rows is None:
                     self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"])
                     q, k, v = self._split(qkv)
                 else:
-                    qkv = F.linear(h, p["wqkv"], p["bqkv"])
                     self.qk_norm_rope_(qkv, p["qk_norm"], cos, sin, self.heads, 0, self.head_dim, p["qk_eps"])
                     self.kv_gather_rope(qkv, kv_rows, p["qk_norm"], cos, sin, self.heads, self.kv_heads, self.head_dim, p["qk_eps"],
                                         out=gathered)
@@ -673,8 +530,8 @@ class FusedDecoder:
         """The rest of a layer after ``x = x + o @ Wo^T``: the o bias, then the MLP with its residual."""
         if p["bo"] is not None:
             x += p["bo"]
-        h = self.rms_norm(x, p["post_norm"], p["post_eps"])
-        x.addmm_(gate_up_silu(h, p["wgu"]) if self.gate_up else self.silu_mul(F.linear(h, p["wgu"], p["bgu"])), p["wd_t"])
+        gu = F.linear(self.rms_norm(x, p["post_norm"], p["post_eps"]), p["wgu"], p["bgu"])
+        x.addmm_(self.silu_mul(gu), p["wd_t"])
         if p["bd"] is not None:
             x += p["bd"]
         return x

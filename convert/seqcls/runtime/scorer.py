@@ -169,8 +169,9 @@ class Scorer:
             refuses them with UsageError.
         shared_prefix: compute a query's prompt prefix once for all its documents (default True).
         batch_tokens: tokens per forward pass (default 64k on GPU, 4k on CPU).
-        backend: ``auto`` (packed; on GPU prefix-free sequences go as sorted padded batches with
-            dense attention), ``packed`` (varlen packing only) or ``padded`` (transformers' own forward on
+        backend: ``auto`` (packed; on a GPU without the fused decoder's attention kernel, prefix-free
+            sequences go as sorted padded batches with dense attention), ``packed`` (varlen packing
+            only) or ``padded`` (transformers' own forward on
             padded batches, the fallback for architectures the packed path cannot drive).
         compile: ``auto`` (on CUDA), True or False: torch.compile the decoder layers (on CPU it pays
             off for large jobs: about 10 s once, then ~10% faster). Not used where ``fused`` applies.
