@@ -284,7 +284,7 @@ def bench_gpu(args) -> dict:
 
     seconds, warm = warm_then_time(scorer, ours_run)
     label = "fused Triton kernels" if fused_on else "transformers layers, compiled"
-    rows.append(row(f"seqcls (sorted batches, last-token head, {label})", seconds, len(seqs), tokens, warmup_s=warm))
+    rows.append(row(f"seqcls (length-sorted packs, last-token head, {label})", seconds, len(seqs), tokens, warmup_s=warm))
     ours_scores = np.array(ours.scores)
     if fused_on and args.compare_unfused:  # the same engine on transformers' (compiled) layers, same run
         plain = Scorer(folder, device="cuda:0", compile=args.compile, batch_tokens=args.batch_tokens, fused=False)
