@@ -204,8 +204,9 @@ print(json.dumps(results))
 
 
 def test_prefix_attention_kernel_matches_reference():
-    """The Triton attention that reads shared prefixes in place (GPU packs with a shared prefix), run by
-    Triton's interpreter in float32, against float64 attention over each sequence's prefix + own keys."""
+    """The Triton attention that reads shared prefixes in place (every GPU pack of the fused decoder),
+    run by Triton's interpreter in float32, against float64 attention over each sequence's prefix + own
+    keys."""
     pytest.importorskip("triton")
     env = _env(TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, "-c", ATTENTION_SCRIPT], capture_output=True, text=True, env=env, timeout=600)

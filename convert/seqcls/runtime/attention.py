@@ -9,8 +9,8 @@ computed once per pack; every sequence that continues a prefix attends to the pr
 values followed by its own (causal, bottom-right aligned), exactly as if it had been scored whole.
 
 * CUDA, fp16/bf16: one flash-attention varlen call per layer (``aten._flash_attention_forward``),
-  keys/values gathered per sequence when there is a prefix; under the fused decoder, packs with a
-  shared prefix go through ``fused.prefix_attention`` instead, which reads the prefix in place;
+  keys/values gathered per sequence when there is a prefix; under the fused decoder, packs go
+  through ``fused.prefix_attention`` instead, which reads a shared prefix in place;
 * otherwise (CPU, fp32, soft-capping): scaled-dot-product attention per sequence, exact.
 
 Since no mask function is registered for the name, transformers builds no mask at all. Outside a

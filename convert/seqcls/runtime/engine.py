@@ -358,15 +358,10 @@ class DeviceEngine:
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         self.use_flash = self.backend == "packed" and flash_supported(device, dtype, head_dim)
         self.supports_prefix = self.backend == "packed"
-        # On CUDA without the fused decoder's attention kernel, prefix-free sequences run as
-        # length-sorted right-padded batches with dense attention (cuDNN/flash SDPA, several times
-        # faster per FLOP than varlen flash on short sequences); packs that share a prefix stay packed.
-        # With the kernel every pack is packed (no padding). backend="packed" forces packing throughout.
         self.softcap = getattr(text_config, "attn_logit_softcapping", None)
         window = getattr(text_config, "sliding_window", None)
         layer_types = getattr(text_config, "layer_types", None)
         self.window = int(window) if window and (not layer_types or "sliding_attention" in layer_types) else None
-        self.dense = self.backend == "packed" and requested == "auto" and device.type == "cuda" and self.softcap is None
         self.compiled = False
         self.fused = None
         if self.backend == "packed" and fused is not False:
@@ -381,7 +376,12 @@ class DeviceEngine:
         self.prefix_blocks = 0
         if self.fused is not None and self.fused.kernels == "triton" and self.use_flash:
             self.prefix_blocks = fused_module.ATTENTION_BLOCK_M
-            self.dense = False  # the kernel beats padded cuDNN batches on prefix-free packs too
+        # On CUDA without that kernel, prefix-free sequences run as length-sorted right-padded batches
+        # with dense attention (cuDNN/flash SDPA, several times faster per FLOP than varlen flash on
+        # short sequences); packs that share a prefix stay packed. With the kernel every pack is packed
+        # (it beats the padded cuDNN batches). backend="packed" forces packing throughout.
+        self.dense = (self.backend == "packed" and requested == "auto" and device.type == "cuda" and self.softcap is None
+                      and not self.prefix_blocks)
         if compile == "auto":
             compile = device.type == "cuda" and _has_triton()
         if compile and self.backend == "packed" and self.fused is None:

@@ -19,10 +19,10 @@ no compilation:
 
 On CUDA, step 4 is seqcls's own Triton attention (``prefix_attention``) on packed streams: each
 sequence's queries read its shared prefix's keys and values (if any) where they sit in the stream,
-then their own, so nothing is gathered and nothing is padded. Where that kernel is not used (a sliding window
-that binds) and in the last layer, whose queries are one row per sequence for flash varlen, step 3
-instead writes each sequence's rotated keys and its values straight into the varlen layout, the
-prefix's rows once per sequence (``kv_gather_rope``).
+then their own, so nothing is gathered and nothing is padded. Where that kernel is not used (a
+sliding window that binds) and in the last layer, whose queries are one row per sequence for flash
+varlen, step 3 instead writes each sequence's rotated keys and its values straight into the varlen
+layout, the prefix's rows once per sequence (``kv_gather_rope``).
 
 Norms, rotary and the activation compute in float32 and round once, where transformers rounds some
 intermediates to bf16, so scores differ from transformers' bf16 run by bf16 noise (the tests compare
